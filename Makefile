@@ -1,0 +1,79 @@
+# Phase 28 — Fine-tuning under a memory budget.
+# Two commands on a fresh machine:  `make lab`  and  `make test`.  See README.md.
+
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.stamp-install
+# Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port=8890"
+LAB_ARGS ?=
+# Fixed thread count so timings and float reductions are the same run to run (see minigpt/repro.py)
+export OMP_NUM_THREADS ?= 2
+export MKL_NUM_THREADS ?= 2
+# The course never downloads models or data sets: make sure libraries do not try.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND ?= Agg
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
+
+help:
+	@echo "make lab        install (first time only) and open JupyterLab on the course"
+	@echo "make test       install (first time only), run unit tests and execute the notebooks"
+	@echo "make check-env  print OK/FAIL for Python, every pinned package, and CUDA"
+	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~15 min)"
+	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
+
+# --- installation -------------------------------------------------------------------------
+# conda/mamba when present (environment.yml), otherwise the standard library's venv.
+$(PY):
+	@if command -v mamba >/dev/null 2>&1; then \
+	  echo "Creating $(VENV) with mamba"; mamba env create -q -p $(VENV) -f environment.yml; \
+	elif command -v conda >/dev/null 2>&1; then \
+	  echo "Creating $(VENV) with conda"; conda env create -q -p $(VENV) -f environment.yml; \
+	else \
+	  echo "Creating $(VENV) with python3 -m venv"; python3 -m venv $(VENV); \
+	fi
+
+# Re-runs only when a requirements file changes: installing twice is a no-op.
+$(STAMP): $(PY) requirements.txt requirements-data.txt pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(PY) -m ipykernel install --prefix $(VENV) --name phase28 --display-name "Phase 28 (minigpt)" >/dev/null
+	@touch $(STAMP)
+	@echo "Installed. Check it with: make check-env"
+
+install: $(STAMP)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(LAB_ARGS)
+
+check-env:
+	@if [ -x $(PY) ]; then $(PY) -m minigpt.envcheck; else python3 -m minigpt.envcheck; fi
+
+# --- tests ----------------------------------------------------------------------------------
+test: $(STAMP)
+	@start=$$(date +%s); \
+	$(MAKE) --no-print-directory test-unit && $(MAKE) --no-print-directory test-notebooks; rc=$$?; \
+	echo "make test took $$(( $$(date +%s) - start )) s"; exit $$rc
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-notebooks: $(STAMP)
+	@if ls solutions/*.ipynb >/dev/null 2>&1; then \
+	  $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider solutions; \
+	else echo "no solution notebooks yet"; fi
+
+# --- course artefacts -----------------------------------------------------------------------
+pretrain: $(STAMP)
+	$(PY) -m minigpt.pretrain
+
+benchmark: $(STAMP)
+	$(PY) benchmarks/bench_from_scratch.py
+
+clean-venv:
+	rm -rf $(VENV)

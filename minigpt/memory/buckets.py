@@ -1,0 +1,41 @@
+"""The buckets of training memory: one definition used by every tool in minigpt.memory.
+
+Every byte a training step holds belongs to exactly one bucket:
+
+    weights_trainable  parameters the optimizer updates
+    weights_frozen     parameters that stay fixed (a LoRA/QLoRA base; NF4-packed bytes and scales)
+    weight_copies      casts of weights made during the step: autocast fp16/bf16 copies,
+                       dequantised NF4 weights
+    gradients          .grad of the trainable parameters
+    optimizer          optimizer state: moments and step counters
+    activations        tensors autograd saved in forward for use in backward
+    temporaries        everything else alive at that moment (inputs, workspaces, outputs)
+
+``peak`` is the largest total over the step. All values are integer bytes.
+Display helpers use binary units and say so: 1 MiB = 2**20 bytes, 1 GiB = 2**30 bytes.
+"""
+from __future__ import annotations
+
+BUCKETS: tuple[str, ...] = ("weights_trainable", "weights_frozen", "weight_copies", "gradients",
+                            "optimizer", "activations", "temporaries")
+MODEL_STATE_BUCKETS: tuple[str, ...] = ("weights_trainable", "weights_frozen", "gradients", "optimizer")
+
+MiB = 2 ** 20
+GiB = 2 ** 30
+GB = 10 ** 9
+
+
+def empty_buckets() -> dict[str, int]:
+    return {k: 0 for k in BUCKETS}
+
+
+def fmt_bytes(n: int | float, unit: str = "auto") -> str:
+    """Bytes in binary units, e.g. '1.50 GiB' (GiB = 2**30 bytes) or '12.0 MiB' (MiB = 2**20)."""
+    if unit == "auto":
+        unit = "GiB" if abs(n) >= GiB else "MiB" if abs(n) >= MiB else "KiB" if abs(n) >= 1024 else "B"
+    div = {"B": 1, "KiB": 1024, "MiB": MiB, "GiB": GiB, "GB": GB}
+    if unit not in div:
+        raise ValueError(f"unit must be one of {', '.join(div)} or 'auto', got {unit!r}.")
+    if unit == "B":
+        return f"{int(n)} B"
+    return f"{n / div[unit]:.2f} {unit}"

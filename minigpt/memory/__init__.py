@@ -1,5 +1,8 @@
 """Where training memory goes, bucket by bucket: measured (CUDA), tracked (CPU), traced
 (fake tensors) and estimated (closed form). See buckets.py for the bucket definitions."""
 from .buckets import BUCKETS, GB, GiB, MiB, MODEL_STATE_BUCKETS, empty_buckets, fmt_bytes
+from .measure import MemoryReport, measure_step
+from .tracker import TensorTracker
 
-__all__ = ["BUCKETS", "GB", "GiB", "MiB", "MODEL_STATE_BUCKETS", "empty_buckets", "fmt_bytes"]
+__all__ = ["BUCKETS", "GB", "GiB", "MiB", "MODEL_STATE_BUCKETS", "empty_buckets", "fmt_bytes",
+           "MemoryReport", "measure_step", "TensorTracker"]

@@ -1,0 +1,429 @@
+"""Measure one training step, bucket by bucket: on a GPU, on a CPU, or with fake tensors.
+
+    report = measure_step(lambda: from_preset("tiny"), (idx, targets), precision="amp-bf16")
+    print(report)            # a table in MiB/GiB (binary units, it says so)
+    report.to_dict()         # integer bytes
+
+Three modes, one step, one report:
+
+* ``mode="cpu"``  runs the real step on the CPU under the package's live-tensor tracker
+  (tracker.py): exact bytes of every tensor storage, bucket by bucket.
+* ``mode="fake"`` runs the same step on fake tensors (``torch._subclasses.FakeTensorMode``): shapes,
+  dtypes and storages without memory, so a 7B model "trains" on a laptop. It agrees with
+  ``mode="cpu"`` to the byte.
+* ``mode="cuda"`` runs on the GPU and reads the CUDA caching allocator:
+  ``torch.cuda.max_memory_allocated()`` after ``reset_peak_memory_stats()`` is the measured peak;
+  the tracker runs alongside for the bucket split.
+
+``semantics="cuda"`` (modes cpu and fake) applies the explicit rules of cuda_rules.py where CPU
+kernels hold different memory from CUDA kernels; the result is labelled "simulated CUDA".
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+from torch.utils._pytree import tree_map
+
+from . import cuda_rules
+from .buckets import BUCKETS, GiB, MiB, fmt_bytes
+from .tracker import TensorTracker
+
+MODES = ("cpu", "fake", "cuda")
+SEMANTICS = ("cpu", "cuda")
+PRECISIONS = ("fp32", "amp-fp16", "amp-bf16", "bf16", "fp16")
+STEP_PHASES = ("forward", "backward", "optimizer")
+_DTYPES = {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16, "bf16": torch.bfloat16,
+           "fp16": torch.float16}
+
+ModelOrFactory = Union[nn.Module, Callable[[], nn.Module]]
+OptimizerSpec = Union[str, Callable[[list], torch.optim.Optimizer]]
+
+
+# ------------------------------------------------------------------------------- the report
+@dataclass
+class MemoryReport:
+    """Peak memory of one training step and where it went. All sizes are integer bytes."""
+    peak: int                                   # largest total over the step
+    buckets: dict[str, int]                     # bucket split at that peak (keys: buckets.BUCKETS)
+    phases: dict[str, dict]                     # {"forward"|"backward"|"optimizer": {"peak", "buckets"}}
+    peak_phase: str                             # the phase in which the peak happened
+    mode: str                                   # "cpu" | "fake" | "cuda"
+    semantics: str                              # "cpu" | "cuda"
+    label: str                                  # what kind of number this is, in words
+    precision: str = "fp32"
+    optimizer: str = "adamw"
+    checkpointing: bool = False
+    start: dict[str, int] = field(default_factory=dict)   # live before forward (weights, state)
+    n_params: int = 0
+    n_trainable: int = 0
+    reserved: Optional[int] = None              # CUDA only: torch.cuda.max_memory_reserved()
+    tracker_peak: Optional[int] = None          # CUDA only: the tracker's own peak (sum of storages)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain types only; sizes as integer bytes."""
+        return {
+            "peak": int(self.peak), "buckets": {k: int(v) for k, v in self.buckets.items()},
+            "phases": {p: {"peak": int(d["peak"]), "buckets": {k: int(v) for k, v in d["buckets"].items()}}
+                       for p, d in self.phases.items()},
+            "peak_phase": self.peak_phase, "mode": self.mode, "semantics": self.semantics,
+            "label": self.label, "precision": self.precision, "optimizer": self.optimizer,
+            "checkpointing": self.checkpointing, "start": {k: int(v) for k, v in self.start.items()},
+            "n_params": self.n_params, "n_trainable": self.n_trainable,
+            "reserved": None if self.reserved is None else int(self.reserved),
+            "tracker_peak": None if self.tracker_peak is None else int(self.tracker_peak),
+            "notes": list(self.notes),
+        }
+
+    def table(self, unit: str = "auto") -> str:
+        """Bucket split at the peak and at each phase's own peak."""
+        if unit == "auto":
+            unit = "GiB" if self.peak >= GiB else "MiB"
+        div = {"MiB": MiB, "GiB": GiB}.get(unit)
+        if div is None:
+            raise ValueError(f"unit must be 'MiB', 'GiB' or 'auto', got {unit!r}.")
+        cols = [p for p in STEP_PHASES if p in self.phases]
+        w = 18
+        lines = [f"{self.label}",
+                 f"precision={self.precision}  optimizer={self.optimizer}  "
+                 f"checkpointing={self.checkpointing}  params={self.n_params:,} "
+                 f"(trainable {self.n_trainable:,})",
+                 f"units: {unit} (1 {unit} = 2**{20 if unit == 'MiB' else 30} bytes)",
+                 f"{'bucket':<{w}}{'at peak':>12}" + "".join(f"{c + ' pk':>14}" for c in cols)]
+        for k in BUCKETS:
+            lines.append(f"{k:<{w}}{self.buckets[k] / div:>12.2f}"
+                         + "".join(f"{self.phases[c]['buckets'][k] / div:>14.2f}" for c in cols))
+        lines.append(f"{'total':<{w}}{self.peak / div:>12.2f}"
+                     + "".join(f"{self.phases[c]['peak'] / div:>14.2f}" for c in cols))
+        lines.append(f"peak {fmt_bytes(self.peak, unit)} = {self.peak:,} bytes, during {self.peak_phase}")
+        if self.reserved is not None:
+            lines.append(f"max reserved by the caching allocator: {fmt_bytes(self.reserved, unit)}")
+        if self.tracker_peak is not None:
+            lines.append(f"tracker's peak (sum of live storages): {fmt_bytes(self.tracker_peak, unit)}")
+        lines += [f"note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def label_for(mode: str, semantics: str) -> str:
+    if mode == "cuda":
+        return "measured on GPU (torch.cuda.max_memory_allocated; buckets from the tensor tracker)"
+    how = "tracked on CPU" if mode == "cpu" else "traced with fake tensors"
+    if semantics == "cuda":
+        return f"simulated CUDA ({how} with CUDA rules; not measured on a GPU)"
+    return f"{how} (live-tensor tracker, CPU kernels)"
+
+
+# ------------------------------------------------------------------------- step machinery
+def _check_choice(name: str, value: str, allowed: tuple) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not known; use one of {', '.join(map(repr, allowed))}.")
+
+
+def make_optimizer(spec: OptimizerSpec, params: list, foreach: Optional[bool] = None,
+                   lr: float = 1e-3) -> torch.optim.Optimizer:
+    """An optimizer from a name or a callable ``params -> optimizer``.
+
+    Names: "adamw", "adam", "sgd" (momentum 0.9), "sgd-nomomentum", "adafactor", "rmsprop",
+    "adagrad". ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA).
+    """
+    if callable(spec):
+        return spec(params)
+    kw = {} if foreach is None else {"foreach": foreach}
+    if spec == "adamw":
+        return torch.optim.AdamW(params, lr=lr, **kw)
+    if spec == "adam":
+        return torch.optim.Adam(params, lr=lr, **kw)
+    if spec == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, **kw)
+    if spec == "sgd-nomomentum":
+        return torch.optim.SGD(params, lr=lr, **kw)
+    if spec == "adafactor":
+        return torch.optim.Adafactor(params, lr=lr, **kw)
+    if spec == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, **kw)
+    if spec == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr, **kw)
+    raise ValueError(f"optimizer={spec!r} is not known; use one of 'adamw', 'adam', 'sgd', "
+                     f"'sgd-nomomentum', 'adafactor', 'rmsprop', 'adagrad', or a callable "
+                     f"taking the trainable parameters and returning an optimizer.")
+
+
+def loss_of(out: Any) -> torch.Tensor:
+    """The loss of a model output: ``.loss``, else the 2nd item of a tuple, else the mean."""
+    loss = getattr(out, "loss", None)
+    if loss is None and isinstance(out, (tuple, list)) and len(out) >= 2 and isinstance(out[1], torch.Tensor):
+        loss = out[1]
+    if loss is None and isinstance(out, torch.Tensor):
+        loss = out.float().mean() if not out.is_floating_point() else out.mean()
+    if loss is None:
+        raise ValueError("The model returned no loss: pass labels/targets in the batch so the output "
+                         "has a .loss (or returns (logits, loss)), or return a plain tensor.")
+    return loss
+
+
+def call_model(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, dict):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    raise TypeError(f"batch must be a dict of keyword arguments, a tuple of positional arguments or "
+                    f"a tensor, got {type(batch).__name__}.")
+
+
+def _replace_tensors(model: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Swap every parameter and buffer for fn(tensor), keeping tied tensors tied.
+
+    Used instead of ``model.to()`` because fake parameters cannot be moved or cast in place.
+    """
+    memo: dict[int, torch.Tensor] = {}
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in memo:
+                new = fn(p)
+                memo[id(p)] = p if new is p else nn.Parameter(new.detach(), requires_grad=p.requires_grad)
+            mod._parameters[name] = memo[id(p)]
+        for name, b in list(mod._buffers.items()):
+            if b is None:
+                continue
+            if id(b) not in memo:
+                memo[id(b)] = fn(b)
+            mod._buffers[name] = memo[id(b)]
+
+
+def to_fake(model: nn.Module, fake_mode) -> nn.Module:
+    """Make every parameter and buffer a fake CPU tensor of ``fake_mode``.
+
+    A model built on ``meta`` gets fake CPU tensors of the same shape and dtype (no values); a real
+    model gets fake copies; parameters already fake in this mode are kept as they are.
+    """
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    def fake(t: torch.Tensor) -> torch.Tensor:
+        if isinstance(t, FakeTensor) and t.fake_mode is fake_mode and t.device.type != "meta":
+            return t
+        if t.device.type == "meta":
+            with fake_mode:
+                return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="cpu")
+        return fake_mode.from_tensor(t.detach())
+
+    _replace_tensors(model, fake)
+    return model
+
+
+def cast_model(model: nn.Module, dtype: torch.dtype, fake_mode=None) -> nn.Module:
+    """Pure low precision: cast floating parameters and buffers to dtype (works on fake models)."""
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        if not t.is_floating_point() or t.dtype == dtype:
+            return t
+        with (fake_mode if fake_mode is not None else contextlib.nullcontext()):
+            return t.detach().to(dtype)
+    _replace_tensors(model, cast)
+    return model
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    if hasattr(model, "set_gradient_checkpointing"):          # minigpt.GPT
+        model.set_gradient_checkpointing(True)
+    elif hasattr(model, "gradient_checkpointing_enable"):     # transformers models
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hasattr(model, "gpt") and hasattr(model.gpt, "set_gradient_checkpointing"):  # GPTClassifier
+        model.gpt.set_gradient_checkpointing(True)
+    else:
+        raise ValueError(f"{type(model).__name__} has no gradient-checkpointing switch; pass "
+                         f"checkpointing=False or a minigpt/transformers model.")
+
+
+class Session:
+    """A model, optimizer and batch ready to step, in one of the three modes.
+
+    Shared by measure_step and memory_timeline so both run exactly the same step.
+    """
+
+    def __init__(self, model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
+                 precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
+                 semantics: str = "cpu", keep_outputs: bool = True):
+        _check_choice("mode", mode, MODES)
+        _check_choice("semantics", semantics, SEMANTICS)
+        _check_choice("precision", precision, PRECISIONS)
+        if mode == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("mode='cuda' needs a CUDA GPU and a CUDA build of torch; on this machine "
+                               "use mode='cpu' or mode='fake' (add semantics='cuda' to simulate a GPU).")
+        if mode == "cuda":
+            semantics = "cuda"  # the real thing, no simulation
+        self.mode, self.semantics, self.precision = mode, semantics, precision
+        self.checkpointing, self.keep_outputs = checkpointing, keep_outputs
+        self.optimizer_name = optimizer if isinstance(optimizer, str) else getattr(optimizer, "__name__", "custom")
+        self.fake_mode = None
+        if mode == "fake":
+            from torch._subclasses.fake_tensor import FakeTensorMode
+            self.fake_mode = FakeTensorMode()
+
+        # --- the model
+        is_module = isinstance(model_or_factory, nn.Module)
+        if not is_module and not callable(model_or_factory):
+            raise TypeError("model_or_factory must be an nn.Module or a callable that returns one.")
+        with self._ctx():
+            model = model_or_factory if is_module else model_or_factory()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the factory returned {type(model).__name__}, not an nn.Module.")
+        if mode == "fake":
+            model = to_fake(model, self.fake_mode)
+        elif any(p.is_meta for p in model.parameters()):
+            raise ValueError("The model is on the meta device (no values): use mode='fake', or build it "
+                             "on a real device for mode='cpu'/'cuda'.")
+        if mode == "cuda":
+            model = model.to("cuda")
+        if precision in ("bf16", "fp16"):
+            cast_model(model, _DTYPES[precision], self.fake_mode)
+        if checkpointing:
+            enable_checkpointing(model)
+        model.train()
+        self.model = model
+        self.device = torch.device("cuda" if mode == "cuda" else "cpu")
+
+        # --- the batch (float inputs follow a pure low-precision model's dtype)
+        def prep(t):
+            if not isinstance(t, torch.Tensor):
+                return t
+            if precision in ("bf16", "fp16") and t.is_floating_point():
+                t = t.to(_DTYPES[precision])
+            if mode == "fake":
+                return self.fake_mode.from_tensor(t)
+            return t.to(self.device)
+        self.batch = tree_map(prep, batch)
+
+        # --- the optimizer: CUDA's default is foreach=True (see cuda_rules.FOREACH_OPTIMIZER)
+        self.trainable = [p for p in model.parameters() if p.requires_grad]
+        if not self.trainable:
+            raise ValueError("The model has no trainable parameters (requires_grad=True); unfreeze "
+                             "some, e.g. apply LoRA, before measuring a training step.")
+        foreach = cuda_rules.optimizer_foreach(semantics) if mode != "cuda" else None
+        with self._ctx():
+            self.opt = make_optimizer(optimizer, self.trainable, foreach=foreach)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_trainable = sum(p.numel() for p in self.trainable)
+
+    def _ctx(self):
+        return self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
+
+    def _autocast(self):
+        if self.precision in ("amp-fp16", "amp-bf16"):
+            return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
+        return contextlib.nullcontext()
+
+    def step(self, tracker: Optional[TensorTracker] = None) -> None:
+        """zero_grad(set_to_none=True), forward, backward, optimizer step.
+
+        With a tracker, the forward/backward/optimizer phases are marked on it, and the optimizer
+        state is (re-)registered after the step (it is created inside the first step()).
+        """
+        def phase(name):
+            if tracker is not None:
+                tracker.set_phase(name)
+
+        rules = (cuda_rules.simulate(self.precision) if self.semantics == "cuda" and self.mode != "cuda"
+                 else contextlib.nullcontext())
+        with self._ctx(), rules:
+            self.opt.zero_grad(set_to_none=True)
+            with (tracker if tracker is not None else contextlib.nullcontext()):
+                phase("forward")
+                with self._autocast():
+                    out = call_model(self.model, self.batch)
+                    loss = loss_of(out)
+                if not self.keep_outputs:
+                    del out
+                phase("backward")
+                loss.backward()
+                del loss
+                if self.keep_outputs:
+                    del out
+                phase("optimizer")
+                self.opt.step()
+                if tracker is not None:
+                    tracker.register_optimizer(self.opt)
+                phase("end")
+
+
+def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
+                 precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
+                 semantics: str = "cpu", *, keep_outputs: bool = True) -> MemoryReport:
+    """Peak memory of one training step, split into buckets (see buckets.py).
+
+    Args:
+        model_or_factory: an ``nn.Module`` or a zero-argument callable that builds one. The step
+            changes the model's weights and adds optimizer state: pass a factory (or a copy) to keep
+            a model untouched. For ``mode="fake"`` a factory is called inside ``FakeTensorMode``; a
+            model built on ``meta`` is given fake parameters of the same shapes.
+        batch: a dict of keyword arguments or a tuple of positional arguments for the model (or a
+            single tensor). The loss is the output's ``.loss``, else the second item of a returned
+            tuple, else the mean of a plain tensor output.
+        optimizer: "adamw" (default), "adam", "sgd" (momentum 0.9), "sgd-nomomentum", "adafactor",
+            "rmsprop", "adagrad", or a callable taking the trainable parameters.
+        precision: "fp32"; "amp-fp16"/"amp-bf16" (``torch.autocast``, fp32 weights); "bf16"/"fp16"
+            (pure: weights, gradients and optimizer state in that dtype).
+        checkpointing: gradient checkpointing (minigpt and transformers models).
+        mode: "cpu" (real step, live-tensor tracker), "fake" (fake tensors, no memory used) or
+            "cuda" (real step on the GPU, measured by the caching allocator).
+        semantics: "cpu" (what CPU kernels hold) or "cuda" (CPU/fake run with the rules of
+            cuda_rules.py: what a CUDA run would hold; labelled "simulated CUDA").
+        keep_outputs: hold the model output (e.g. logits) until backward ends, as
+            ``logits, loss = model(x, y); loss.backward()`` does. False frees it after the loss.
+
+    What step is measured: this function first takes one *untracked* warm-up step (forward,
+    backward, optimizer step), so the optimizer state exists, as in step 2 of real training. Then
+    ``zero_grad(set_to_none=True)`` frees the warm-up gradients, as real loops do before forward,
+    and the measured step runs: forward, backward, ``optimizer.step()``. The peak is the largest
+    sum of live storages (CPU/fake) or ``max_memory_allocated`` (CUDA) between the start of that
+    forward and the end of that step; the gradients are still alive at its end.
+
+    CUDA: ``torch.cuda.max_memory_allocated()`` counts bytes in blocks handed to tensors (rounded
+    up to 512 bytes); ``max_memory_reserved()`` counts what the caching allocator holds from the
+    driver, including cached free blocks and fragmentation, so it is larger and closer to what
+    nvidia-smi shows (which adds the CUDA context, a few hundred MiB). Both are reported.
+    """
+    s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs)
+    s.step()  # the untracked warm-up step: optimizer state now exists
+    gc.collect()
+    tracker = TensorTracker(semantics=s.semantics)
+    tracker.register_module(s.model)
+    tracker.register_optimizer(s.opt)
+    tracker.register(s.batch, "temporaries", data=True)
+    start = tracker.snapshot()
+    reserved = None
+    if mode == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    s.opt.zero_grad(set_to_none=True)
+    tracker.reset_peak()
+    s.step(tracker)
+    notes = []
+    tracker_peak = None
+    peak = tracker.peak
+    if mode == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        reserved = torch.cuda.max_memory_reserved()
+        tracker_peak = tracker.peak
+        notes.append("peak = torch.cuda.max_memory_allocated() over the step; the bucket split is the "
+                     "tracker's at its own peak.")
+    if s.semantics == "cuda" and mode != "cuda":
+        notes.append("simulated CUDA: " + "; ".join(cuda_rules.rules_applied(s.precision)))
+    phases = {p: {"peak": tracker.phase_peaks[p][0], "buckets": tracker.phase_peaks[p][1]}
+              for p in STEP_PHASES if p in tracker.phase_peaks}
+    return MemoryReport(
+        peak=peak, buckets=dict(tracker.peak_buckets), phases=phases, peak_phase=tracker.peak_phase,
+        mode=mode, semantics=s.semantics, label=label_for(mode, s.semantics), precision=precision,
+        optimizer=s.optimizer_name, checkpointing=checkpointing, start=start, n_params=s.n_params,
+        n_trainable=s.n_trainable, reserved=reserved, tracker_peak=tracker_peak, notes=notes)

@@ -101,12 +101,18 @@ def shakespeare_text(split: str = "train") -> str:
     return "\n".join(text for _, text in chosen)
 
 
+# Curly quotes and dashes that NFKD leaves alone, mapped to the ASCII the alphabet has.
+_TYPOGRAPHIC = str.maketrans({"\u2018": "'", "\u2019": "'", "\u201c": '"', "\u201d": '"',
+                              "\u2010": "-", "\u2011": "-", "\u2013": "-", "\u2014": "--"})
+
+
 class CharTokenizer:
     """Characters <-> integer ids over a fixed alphabet (by default SHAKESPEARE_CHARS).
 
     ``encode(text, errors="strict")`` raises on a character outside the alphabet;
-    ``errors="replace"`` first folds accents to ASCII (é -> e) and maps what is still
-    unknown to ``unknown`` (a space by default), for text from other sources.
+    ``errors="replace"`` first folds accents to ASCII (é -> e) and typographic quotes and
+    dashes to their ASCII forms (’ -> '), then maps what is still unknown to ``unknown``
+    (a space by default), for text from other sources.
     """
 
     def __init__(self, chars: str = SHAKESPEARE_CHARS, unknown: str = " "):
@@ -126,7 +132,10 @@ class CharTokenizer:
 
     def encode(self, text: str, errors: str = "strict") -> list[int]:
         if errors == "replace":
-            text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+            # NFKD splits é into e + a combining accent; drop the accent, keep the letter.
+            # (Encoding to ASCII with errors="ignore" would silently delete ’ and ☃ instead.)
+            text = unicodedata.normalize("NFKD", text.translate(_TYPOGRAPHIC))
+            text = "".join(c for c in text if not unicodedata.combining(c))
             return [self.stoi.get(c, self.stoi[self.unknown]) for c in text]
         if errors != "strict":
             raise ValueError(f"errors must be 'strict' or 'replace', got {errors!r}.")

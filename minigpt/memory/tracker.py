@@ -233,6 +233,8 @@ class TensorTracker(TorchDispatchMode):
     # ------------------------------------------------------------------------ dispatch
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.namespace == "prim":  # metadata queries (prim::device under fake tensors): no memory
+            return func(*args, **kwargs)
         # what the inputs are made of decides what a new output is
         data = weight = False
         for t in tree_flatten((args, kwargs))[0]:

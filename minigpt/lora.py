@@ -427,4 +427,28 @@ def lora_parameter_count(spec, r: int, targets: Targets = ("q_proj", "v_proj"),
 
 
 __all__ = ["LoRALinear", "apply_lora", "lora_layers", "merge_lora", "unmerge_lora", "trainable_parameters",
-           "lora_parameter_count", "lora_linear_shapes", "select_targets", "ALL_LINEAR"]
+           "lora_parameter_count", "lora_linear_shapes", "select_targets", "n_lora_table", "ALL_LINEAR"]
+
+
+# --------------------------------------------------------------------- the course's table
+def n_lora_table(ranks: Sequence[int] = (8, 16)) -> list[dict]:
+    """N_lora (closed form) for the models the theory files quote, one row per (model, r):
+    MiniGPT-85M (q_proj, v_proj), RoBERTa-base as an SST-2 classifier (query, value; head
+    trainable, as peft's task_type="SEQ_CLS") and LLaMA-7B (q_proj, v_proj). Print it with
+    ``python -m minigpt.lora``."""
+    import os
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import RobertaConfig
+    from .model import preset_config
+    models = [("MiniGPT-85M", preset_config("minigpt-85m"), ("q_proj", "v_proj"), ()),
+              ("RoBERTa-base", RobertaConfig(), ("query", "value"), ("classifier",)),
+              ("LLaMA-7B", preset_config("llama-7b"), ("q_proj", "v_proj"), ())]
+    return [{"model": name, "r": r, "qv": lora_parameter_count(spec, r, qv, trainable),
+             "all_linear": lora_parameter_count(spec, r, ALL_LINEAR, trainable)}
+            for name, spec, qv, trainable in models for r in ranks]
+
+
+if __name__ == "__main__":
+    print(f"{'model':14s} {'r':>3s} {'N_lora q,v':>14s} {'N_lora all-linear':>18s}")
+    for row in n_lora_table():
+        print(f"{row['model']:14s} {row['r']:>3d} {row['qv']:>14,} {row['all_linear']:>18,}")

@@ -383,9 +383,16 @@ def test_closed_form_transformers_configs_match_built_models():
     assert lora_linear_shapes(cfg_bert) == linear_shapes_of(bert)
     assert lora_linear_shapes(llama_7b_config()) == linear_shapes_of(llama)
     head = n_params(roberta.classifier)
-    apply_lora(roberta, 8, 16, targets=("query", "value"), trainable=("classifier",))
-    assert trainable_parameters(roberta)[0] == 294_912 + head
-    assert lora_parameter_count(cfg_rb, 8, ("query", "value"), ("classifier",)) == 294_912
+    for targets, n_lora in [(("query", "value"), 294_912), ("all-linear", 1_327_104)]:
+        cfg = LoraConfig(r=8, lora_alpha=16, target_modules=targets if isinstance(targets, str) else list(targets),
+                         modules_to_save=["classifier"])
+        theirs = get_peft_model(copy.deepcopy(roberta), cfg).get_nb_trainable_parameters()[0]
+        ours = trainable_parameters(apply_lora(copy.deepcopy(roberta), 8, 16, targets=targets,
+                                               trainable=("classifier",)))[0]
+        closed = lora_parameter_count(cfg_rb, 8, targets, ("classifier",))
+        assert ours == theirs == closed + head and closed == n_lora, targets
+    theirs = get_peft_model(copy.deepcopy(llama), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear"))
+    assert theirs.get_nb_trainable_parameters()[0] == 19_988_480
     apply_lora(llama, 8, 16, targets="all-linear")
     assert "lm_head" not in lora_layers(llama)                     # via get_output_embeddings()
     assert trainable_parameters(llama)[0] == lora_parameter_count(llama_7b_config(), 8, "all-linear") == 19_988_480
@@ -444,3 +451,18 @@ def test_other_errors():
         lora_parameter_count(transformers.GPT2Config(), 8)
     with pytest.raises(TypeError, match="needs a base layer with integer in_features and out_features"):
         LoRALinear(nn.ReLU(), 4, 8)
+
+
+def test_n_lora_table_matches_hand_arithmetic():
+    # N_lora = n_layer * r * sum over adapted layers of (in + out), written out by hand
+    def by_hand(L, d, h, r):
+        return {"qv": L * r * 2 * (d + d), "gelu": L * r * (4 * (d + d) + 2 * (d + h)),
+                "swiglu": L * r * (4 * (d + d) + 3 * (d + h))}
+    from minigpt.lora import n_lora_table
+    rows = {(row["model"], row["r"]): row for row in n_lora_table((8, 16))}
+    for r in (8, 16):
+        for model, (L, d, h, mlp) in {"MiniGPT-85M": (12, 768, 3072, "gelu"), "RoBERTa-base": (12, 768, 3072, "gelu"),
+                                      "LLaMA-7B": (32, 4096, 11008, "swiglu")}.items():
+            hand = by_hand(L, d, h, r)
+            assert (rows[model, r]["qv"], rows[model, r]["all_linear"]) == (hand["qv"], hand[mlp]), (model, r)
+    assert rows["LLaMA-7B", 8]["qv"] == 4_194_304 and rows["LLaMA-7B", 8]["all_linear"] == 19_988_480

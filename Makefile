@@ -23,7 +23,7 @@ help:
 	@echo "make lab        install (first time only) and open JupyterLab on the course"
 	@echo "make test       install (first time only), run unit tests and execute the notebooks"
 	@echo "make check-env  print OK/FAIL for Python, every pinned package, and CUDA"
-	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~15 min)"
+	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~10 min on 2 idle cores)"
 	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
 
 # --- installation -------------------------------------------------------------------------
@@ -48,8 +48,11 @@ $(STAMP): $(PY) requirements.txt requirements-data.txt pyproject.toml
 
 install: $(STAMP)
 
+# Jupyter refuses to start as root (common in containers and CI) unless told to.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(LAB_ARGS)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(ROOT_FLAG) $(LAB_ARGS)
 
 check-env:
 	@if [ -x $(PY) ]; then $(PY) -m minigpt.envcheck; else python3 -m minigpt.envcheck; fi

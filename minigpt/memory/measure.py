@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
@@ -64,6 +65,7 @@ class MemoryReport:
     reserved: Optional[int] = None              # CUDA only: torch.cuda.max_memory_reserved()
     tracker_peak: Optional[int] = None          # CUDA only: the tracker's own peak (sum of storages)
     notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0                        # wall time of the tracked step
 
     def to_dict(self) -> dict:
         """Plain types only; sizes as integer bytes."""
@@ -77,7 +79,7 @@ class MemoryReport:
             "n_params": self.n_params, "n_trainable": self.n_trainable,
             "reserved": None if self.reserved is None else int(self.reserved),
             "tracker_peak": None if self.tracker_peak is None else int(self.tracker_peak),
-            "notes": list(self.notes),
+            "notes": list(self.notes), "seconds": self.seconds,
         }
 
     def table(self, unit: str = "auto") -> str:
@@ -268,7 +270,9 @@ class Session:
         self.fake_mode = None
         if mode == "fake":
             from torch._subclasses.fake_tensor import FakeTensorMode
-            self.fake_mode = FakeTensorMode()
+            # allow_non_fake_inputs: module-level constant tensors (e.g. the NF4 code table) are
+            # converted to fake tensors when an op meets them
+            self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True)
 
         # --- the model
         is_module = isinstance(model_or_factory, nn.Module)
@@ -407,7 +411,9 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
         torch.cuda.reset_peak_memory_stats()
     s.opt.zero_grad(set_to_none=True)
     tracker.reset_peak()
+    t0 = time.perf_counter()
     s.step(tracker)
+    seconds = time.perf_counter() - t0
     notes = []
     tracker_peak = None
     peak = tracker.peak
@@ -426,4 +432,5 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
         peak=peak, buckets=dict(tracker.peak_buckets), phases=phases, peak_phase=tracker.peak_phase,
         mode=mode, semantics=s.semantics, label=label_for(mode, s.semantics), precision=precision,
         optimizer=s.optimizer_name, checkpointing=checkpointing, start=start, n_params=s.n_params,
-        n_trainable=s.n_trainable, reserved=reserved, tracker_peak=tracker_peak, notes=notes)
+        n_trainable=s.n_trainable, reserved=reserved, tracker_peak=tracker_peak, notes=notes,
+        seconds=seconds)

@@ -23,6 +23,7 @@ so a 7B model can be "trained" for one step on a laptop.
 """
 from __future__ import annotations
 
+import time
 import weakref
 from typing import Any, Iterable, Optional
 
@@ -39,6 +40,7 @@ HOST = "host"
 PHASES = ("setup", "forward", "backward", "optimizer")
 # CUDA's caching allocator rounds every block up to a multiple of 512 bytes
 CUDA_BLOCK = 512
+SMALL_CONSTANT = 1024
 
 # dtypes whose buffers hold quantised weights (NF4 packs two 4-bit codes per uint8): a buffer of
 # such a dtype is a weight, and whatever is computed from it alone is a weight copy.
@@ -92,6 +94,8 @@ class TensorTracker(TorchDispatchMode):
         self.phase_peaks: dict[str, tuple[int, dict[str, int]]] = {}
         self.record_timeline = timeline
         self.timeline: list[tuple[int, str, str, tuple[int, ...]]] = []  # (op index, phase, op, live)
+        self.sampler = None          # optional callable -> tuple, sampled with each timeline entry
+        self.samples: list = []      # (time.perf_counter(), sampler()) per timeline entry
         self.n_ops = 0
         self._hooks: list = []
         self._first_serial = 0
@@ -242,9 +246,13 @@ class TensorTracker(TorchDispatchMode):
                 st = _storage(t)
                 rec = self._find(st)
                 if rec is None:
-                    # a tensor made before tracking and never registered (a cached constant):
-                    # it was alive all along, so adopt it as a temporary
-                    rec = self._add(st, "temporaries", False, False)
+                    # a tensor made before tracking and never registered: it was alive all along,
+                    # so adopt it as a temporary. Take it for input data (token ids, a batch the
+                    # caller did not register) unless it is a small constant (<= 1 KiB, e.g. a
+                    # quantisation code table), which must not turn a dequantised weight into data;
+                    # integer tensors (ids, labels, masks) are always data.
+                    small_const = t.is_floating_point() and st.nbytes() <= SMALL_CONSTANT
+                    rec = self._add(st, "temporaries", not small_const, False)
                 data |= rec.data
                 weight |= rec.weight
         out = func(*args, **kwargs)
@@ -264,8 +272,12 @@ class TensorTracker(TorchDispatchMode):
         self.n_ops += 1
         self._update_peak()
         if self.record_timeline:
-            self.timeline.append((self.n_ops, self.phase, func.__name__, self.snapshot_tuple()))
+            self._sample(func.__name__)
         return out
+
+    def _sample(self, what: str) -> None:
+        self.timeline.append((self.n_ops, self.phase, what, self.snapshot_tuple()))
+        self.samples.append((time.perf_counter(), self.sampler() if self.sampler is not None else None))
 
     # ------------------------------------------------------------------------ read-outs
     def total(self) -> int:
@@ -295,6 +307,8 @@ class TensorTracker(TorchDispatchMode):
     def set_phase(self, phase: str) -> None:
         self.phase = phase
         self._update_peak()  # the live bytes at the phase boundary belong to the new phase too
+        if self.record_timeline:
+            self._sample(f"<{phase}>")
 
     def storages(self) -> Iterable[_Rec]:
         return list(self._recs.values())

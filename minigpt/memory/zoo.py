@@ -73,6 +73,9 @@ def hf_config(name: str, attn_implementation: str = "sdpa", **overrides):
         raise ValueError(f"attn_implementation must be 'sdpa' or 'eager', got {attn_implementation!r}.")
     spec = dict(HF_CONFIGS[name])
     kind = spec.pop("kind")
+    if (kind == "llama" and "num_attention_heads" in overrides and "num_key_value_heads" not in overrides
+            and spec["num_key_value_heads"] == spec["num_attention_heads"]):
+        overrides["num_key_value_heads"] = overrides["num_attention_heads"]  # keep "no GQA" when shrinking
     spec.update(overrides)
     if kind == "llama":
         from transformers import LlamaConfig as C

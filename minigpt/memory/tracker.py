@@ -99,6 +99,9 @@ class TensorTracker(TorchDispatchMode):
         self.n_ops = 0
         self._hooks: list = []
         self._first_serial = 0
+        self._events = 0                      # allocations + frees so far
+        self._peak_event = -1                 # value of _events when the peak was recorded
+        self._phase_event: dict[str, int] = {}
         self._grad_params: list[nn.Parameter] = []
         self._saved_hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
 
@@ -127,6 +130,7 @@ class TensorTracker(TorchDispatchMode):
         self._recs[serial] = rec
         self._by_key[key] = serial
         self.live[bucket] += rec.nbytes
+        self._events += 1
         return rec
 
     def _free(self, serial: int) -> None:
@@ -134,6 +138,7 @@ class TensorTracker(TorchDispatchMode):
         if rec is None:
             return
         self.live[rec.bucket] -= rec.nbytes
+        self._events += 1
         if self._by_key.get(rec.key) == serial:
             del self._by_key[rec.key]
 
@@ -142,6 +147,14 @@ class TensorTracker(TorchDispatchMode):
             self.live[rec.bucket] -= rec.nbytes
             self.live[bucket] += rec.nbytes
             rec.bucket = bucket
+            # a tensor saved (or accumulated as .grad) right after it was made was an activation
+            # (a gradient) from birth: if nothing was allocated or freed since the peak was
+            # recorded, the peak's bucket split is updated too
+            if self._events == self._peak_event:
+                self.peak_buckets = self.snapshot()
+            best = self.phase_peaks.get(self.phase)
+            if best is not None and self._events == self._phase_event.get(self.phase):
+                self.phase_peaks[self.phase] = (best[0], self.snapshot())
 
     def _resize_check(self, rec: _Rec, st) -> None:
         n = self._nbytes(st)
@@ -294,9 +307,11 @@ class TensorTracker(TorchDispatchMode):
         total = self.total()
         if total > self.peak:
             self.peak, self.peak_buckets, self.peak_phase = total, self.snapshot(), self.phase
+            self._peak_event = self._events
         best = self.phase_peaks.get(self.phase)
         if best is None or total > best[0]:
             self.phase_peaks[self.phase] = (total, self.snapshot())
+            self._phase_event[self.phase] = self._events
 
     def reset_peak(self) -> None:
         """Start peak bookkeeping afresh from what is alive now."""

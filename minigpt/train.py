@@ -92,6 +92,15 @@ def autocast_context(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _loss_of(output: Any) -> torch.Tensor:
+    """The loss from a model's output: our (logits, loss) tuple, or a transformers ModelOutput."""
+    loss = output.loss if hasattr(output, "loss") else output[1]
+    if loss is None:
+        raise ValueError("The model returned loss=None: get_batch() must also return "
+                         "the targets/labels, e.g. (x, y).")
+    return loss
+
+
 def _checkpointable(model: nn.Module) -> list[nn.Module]:
     """The modules that can switch gradient checkpointing on: our GPT (also inside a
     GPTClassifier or a LoRA wrapper), or a transformers model."""
@@ -147,8 +156,7 @@ def evaluate(model: nn.Module, get_batch: Callable[[], Batch], iters: int,
     total = 0.0
     for _ in range(iters):
         with autocast_context(precision, device):
-            _, loss = model(*_to_device(get_batch(), device))
-        total += loss.item()
+            total += _loss_of(model(*_to_device(get_batch(), device))).item()
     model.train(was_training)
     return total / iters
 
@@ -170,9 +178,12 @@ def train(model: nn.Module, get_batch: Callable[[], Batch], steps: int, lr: floa
     schedule: "constant" or "cosine" (decays to min_lr, default lr / 10), after
         ``warmup_steps`` of linear warmup.
     optimizer: bring your own (e.g. 8-bit AdamW); by default AdamW over trainable params.
+        The schedule then scales each of its param groups' own learning rate.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}.")
     if schedule not in ("constant", "cosine"):
         raise ValueError(f"Unknown schedule {schedule!r}; use 'constant' or 'cosine'.")
     if eval_every is not None and eval_fn is None:
@@ -181,6 +192,7 @@ def train(model: nn.Module, get_batch: Callable[[], Batch], steps: int, lr: floa
     autocast_context(precision, device)  # validates precision/device before any work is done
     min_lr = lr / 10 if min_lr is None else min_lr
     opt = optimizer or make_optimizer(model, lr, weight_decay)
+    base_lrs = [group["lr"] for group in opt.param_groups]  # the schedule scales each group's own lr
     # fp16 gradients underflow: scale the loss up before backward, unscale before clipping
     scaler = torch.amp.GradScaler("cuda") if precision == "amp-fp16" else None
 
@@ -197,15 +209,13 @@ def train(model: nn.Module, get_batch: Callable[[], Batch], steps: int, lr: floa
     bar = tqdm(range(steps), disable=not progress, desc="train", mininterval=1.0, leave=True)
     try:
         for step in bar:
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, steps, lr, warmup_steps, schedule, min_lr)
+            factor = lr_at(step, steps, lr, warmup_steps, schedule, min_lr) / lr
+            for group, base in zip(opt.param_groups, base_lrs):
+                group["lr"] = base * factor
             t0 = time.perf_counter()
             batch = _to_device(get_batch(), device)
             with autocast_context(precision, device):
-                _, loss = model(*batch)
-            if loss is None:
-                raise ValueError("The model returned loss=None: get_batch() must also return "
-                                 "the targets/labels, e.g. (x, y).")
+                loss = _loss_of(model(*batch))
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()

@@ -83,7 +83,8 @@ class MemoryCallback(TrainerCallback):
                      ", ".join(f"{k}={fmt_bytes(v)}" for k, v in self.buckets.items()))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        # add the last step's peak to what the Trainer logs (MiB = 2**20 bytes)
+        # add the last step's peak to the logs the Trainer prints and sends to its reporters
+        # (MiB = 2**20 bytes); state.log_history is written before callbacks see the logs
         if logs is not None and self.history and self.history[-1]["peak_allocated"] is not None:
             logs["mem_peak_allocated_MiB"] = round(self.history[-1]["peak_allocated"] / MiB, 2)
             if self.history[-1]["peak_reserved"] is not None:

@@ -18,6 +18,7 @@ export MPLBACKEND ?= Agg
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
+.PHONY: generate-labs start grade grade-all
 
 help:
 	@echo "make lab        install (first time only) and open JupyterLab on the course"
@@ -25,6 +26,10 @@ help:
 	@echo "make check-env  print OK/FAIL for Python, every pinned package, and CUDA"
 	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~10 min on 2 idle cores)"
 	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
+	@echo "make start LEARNER=<name>  your profile and your own copy of the labs in learners/<name>/"
+	@echo "make grade LEARNER=<name>  run copies of a learner's labs, write learners/<name>/grade.md"
+	@echo "make grade-all             grade every learner and print a summary table"
+	@echo "make generate-labs         write labs/ from solutions/ (authors)"
 
 # --- installation -------------------------------------------------------------------------
 # conda/mamba when present (environment.yml), otherwise the standard library's venv.
@@ -77,6 +82,22 @@ pretrain: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_from_scratch.py
+
+# --- labs, learners and grading (docs/AUTHORING.md, learners/README.md) ------------------------
+# Usage: make start LEARNER=ana;  make grade LEARNER=ana GRADE_ARGS="--cell-timeout 600"
+LEARNER ?=
+GRADE_ARGS ?=
+generate-labs: $(STAMP)
+	$(PY) scripts/generate_labs.py $(if $(PRUNE),--prune,)
+
+start: $(STAMP)
+	@$(PY) -m minigpt.learner start "$(LEARNER)"
+
+grade: $(STAMP)
+	$(PY) -m minigpt.grading "$(LEARNER)" $(GRADE_ARGS)
+
+grade-all: $(STAMP)
+	$(PY) -m minigpt.grading --all $(GRADE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

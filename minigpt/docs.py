@@ -87,8 +87,15 @@ def mib(b: float, digits: int = 1) -> str:
 
 
 def auto(b: float) -> str:
-    """GiB from 1 GiB up, else MiB."""
+    """GiB from 1 GiB up, else MiB; an empty bucket is 0."""
+    if b == 0:
+        return "0"
     return gib(b) if abs(b) >= GiB else mib(b)
+
+
+def mb(b: float, digits: int = 1) -> str:
+    """Bytes in MB (10**6 bytes)."""
+    return f"{b / 1e6:.{digits}f}{THIN}MB"
 
 
 def millions(n: float, digits: int = 2) -> str:
@@ -238,7 +245,7 @@ def linear_weight_count(model: str) -> int:
 # Figures exactly as the client's draft of file 03 (shared/seeds/001) prints them: quoted so the
 # "Corrections" box can show them next to the computed values. Nothing is computed from them.
 DRAFT = {
-    "full7b": "112 GiB", "full7b_expr": "16 × 7e9", "lora_nlora": "19M", "lora_base": "14 GiB",
+    "full7b": "112 GiB", "full7b_expr": "16 × 7e9", "lora_nlora": "19M", "lora_base": "14 GiB", "lora_base_expr": "2N",
     "lora_total": "14.3 GiB", "lora_adapters": "304 MiB", "nf4_per_weight": "0.56 N",
     "nf4_scale": "fp16", "qlora_base": "3.9 GiB", "qlora_total": "4.2 GiB", "dq_save": "~0.5 bytes",
     "ckpt": "~sqrt(L)", "mini_full": "~1.4 GiB", "mini_lora": "~200 MiB", "mini_qlora": "~80 MiB",
@@ -280,23 +287,20 @@ def _code_hash() -> str:
 
 
 def _build_for_trace(spec: TraceSpec):
-    """The model of a trace: a zoo model, optionally NF4-quantised, then LoRA-adapted."""
+    """The model of a trace, on the meta device (measure_step gives it fake tensors): a zoo model,
+    optionally NF4-quantised (QLoRA), then LoRA-adapted."""
     from .lora import apply_lora
     from .memory.zoo import build
     from .repro import set_seed
     set_seed(0)
+    m = build(spec.model, device="meta", attn_implementation=spec.attention)
     if spec.method == "qlora":
-        # quantize_nf4 computes with real numbers, so the model is built for real on the CPU and
-        # measure_step makes fake copies of its tensors (only done for MiniGPT-85M-sized models)
         from .nf4 import quantize_model
         compute = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}.get(spec.precision, torch.float32)
-        m = build(spec.model, device="cpu", attn_implementation=spec.attention)
         quantize_model(m, compute_dtype=compute)
-    else:
-        m = build(spec.model, device=None, attn_implementation=spec.attention)
     if spec.method in ("lora", "qlora"):
-        apply_lora(m, spec.r, 2 * spec.r, dropout=spec.dropout, targets=spec.targets,
-                   trainable=spec.trainable)
+        targets = spec.targets if spec.targets == ALL_LINEAR else tuple(spec.targets)
+        apply_lora(m, spec.r, 2 * spec.r, dropout=spec.dropout, targets=targets, trainable=spec.trainable)
     return m
 
 
@@ -305,12 +309,8 @@ def run_trace(spec: TraceSpec) -> dict:
     from .memory import measure_step
     from .memory.zoo import make_batch
     batch = make_batch(spec.model, spec.batch, spec.seq)
-    if spec.method == "qlora":
-        model = _build_for_trace(spec)
-    else:
-        model = lambda: _build_for_trace(spec)  # noqa: E731 - built inside FakeTensorMode
-    rep = measure_step(model, batch, precision=spec.precision, checkpointing=spec.checkpointing,
-                       mode="fake", semantics="cuda")
+    rep = measure_step(lambda: _build_for_trace(spec), batch, precision=spec.precision,
+                       checkpointing=spec.checkpointing, mode="fake", semantics="cuda")
     d = rep.to_dict()
     return {k: d[k] for k in ("peak", "buckets", "phases", "peak_phase", "label", "start",
                               "n_params", "n_trainable")}
@@ -362,8 +362,10 @@ def trace(**kw) -> dict:
 
 
 # Every trace the theory files use (one place, so `make docs` and the tests agree on the count).
+ALL_LINEAR = "all-linear"
 MINI = dict(model="minigpt-85m", batch=8, seq=512, precision="amp-bf16")
 LLAMA = dict(model="llama-7b", batch=1, seq=512, precision="amp-bf16")
+ADAPT = dict(r=8, targets=ALL_LINEAR)      # LoRA/QLoRA of the footprint table: r = 8, all-linear
 ROBERTA_B, ROBERTA_SHORT, ROBERTA_SCALE = 32, 64, 8          # the learner's grid (file 03)
 ROBERTA_LORA = dict(method="lora", r=8, targets=("query", "value"), trainable=("classifier",), dropout=0.1)
 
@@ -377,9 +379,8 @@ def roberta(precision: str, method: str, scale: int = 1, batch: int = ROBERTA_B,
 
 
 def all_trace_specs() -> list[TraceSpec]:
-    specs = [TraceSpec(**MINI), TraceSpec(**MINI, method="lora"), TraceSpec(**MINI, method="qlora"),
-             TraceSpec(**MINI, checkpointing=True),
-             TraceSpec(**LLAMA), TraceSpec(**LLAMA, method="lora")]
+    specs = [TraceSpec(**base, method=m, **(ADAPT if m != "full" else {}))
+             for base in (MINI, LLAMA) for m in ("full", "lora", "qlora")]
     for precision in ("fp32", "amp-fp16"):
         for method in ("full", "lora"):
             for scale in (1, ROBERTA_SCALE):
@@ -431,7 +432,7 @@ BUCKET_TEXT = {
     "temporaries": ("everything else alive at that moment: inputs, outputs, workspaces",
                     "todo lo demás vivo en ese momento: entradas, salidas, espacios de trabajo"),
 }
-METHOD_TEXT = {"full": ("full", "completo"), "lora": ("LoRA r=8", "LoRA r=8"), "qlora": ("QLoRA r=8", "QLoRA r=8")}
+METHOD_TEXT = {"full": ("full", "completo"), "lora": ("LoRA", "LoRA"), "qlora": ("QLoRA", "QLoRA")}
 BUCKET_SHORT = {"weights_trainable": ("trainable", "entrenables"), "weights_frozen": ("frozen", "congelados"),
                 "weight_copies": ("copies", "copias"), "gradients": ("grads", "gradientes"),
                 "optimizer": ("optimizer", "optimizador"), "activations": ("activations", "activaciones"),
@@ -458,6 +459,8 @@ def figures() -> dict[str, str]:
         f[f"n.{m}"] = num(n_params(m))
     f["llama-7b.d"] = num(cfg7.n_embd)
     f["minigpt.L"], f["minigpt.d"] = num(cfg85.n_layer), num(cfg85.n_embd)
+    from .nf4 import NF4_CODE
+    f["nf4.levels"] = str(NF4_CODE.numel())
     f["bytes.bf16"], f["bytes.fp16"], f["bytes.fp32"] = str(BF16), str(FP16), str(FP32)
     f["amp.persistent"], f["amp.peak"] = str(amp.persistent), str(amp.peak)
     f["formula.fp16master"] = (f"$({FP16} + {FP32}) + {FP16} + {ADAM_MOMENTS} \\times {FP32} = "
@@ -470,6 +473,7 @@ def figures() -> dict[str, str]:
     f["llama-7b.amp.vs.infer"] = times(amp.persistent / BF16, 0)
     f["gpu.a100"] = gib(GPUS["a100"], 0)
     f["gpu.24"] = gib(GPUS["24"], 0)
+    f["zero.G"] = str(ZERO_GPUS)
 
     # LoRA counts
     for m in ("minigpt-85m", "roberta-base", "llama-7b", "llama-13b"):
@@ -492,6 +496,7 @@ def figures() -> dict[str, str]:
     # NF4
     bits, dq_bits = nf4_bits(BIG), nf4_bits(BIG, double_quant=True)
     f["nf4.bits"] = fixed(bits, 3)
+    f["nf4.formula"] = f"$4 + \\frac{{{8 * FP32}}}{{{NF4_BLOCK}}}$"
     f["nf4.bytes"] = fixed(bits / 8, 4)
     fp16_scale_bytes = 0.5 + FP16 / NF4_BLOCK
     f["nf4.bytes.fp16scales"] = fixed(fp16_scale_bytes, 4)
@@ -502,8 +507,8 @@ def figures() -> dict[str, str]:
     f["nf4.dq.saving.l7b"] = mib(lin7 * (bits - dq_bits) / 8, 0)
 
     # traces: LLaMA-7B and MiniGPT-85M
-    l_full, l_lora = trace(**LLAMA), trace(**LLAMA, method="lora")
-    m_full, m_lora, m_qlora = trace(**MINI), trace(**MINI, method="lora"), trace(**MINI, method="qlora")
+    l_full, l_lora = trace(**LLAMA), trace(**LLAMA, method="lora", **ADAPT)
+    m_full, m_lora, m_qlora = trace(**MINI), trace(**MINI, method="lora", **ADAPT), trace(**MINI, method="qlora", **ADAPT)
     f["trace.l7b.full.peak"] = gib(l_full["peak"])
     f["trace.l7b.full.perparam"] = fixed(l_full["peak"] / N7, 1)
     f["trace.l7b.lora.peak"] = gib(l_lora["peak"])
@@ -523,7 +528,8 @@ def figures() -> dict[str, str]:
     e_short = roberta("amp-fp16", "full", 1, attention="eager")
     e_long = roberta("amp-fp16", "full", ROBERTA_SCALE, batch=long_b, attention="eager")
     f["attn.eager.extra"] = auto(e_long["peak"] - e_short["peak"])
-    f["attn.shapes"] = (f"{ROBERTA_B} × {ROBERTA_SHORT}", f"{long_b} × {ROBERTA_SHORT * ROBERTA_SCALE}")
+    f["attn.short"] = f"{ROBERTA_B} × {ROBERTA_SHORT}"
+    f["attn.long"] = f"{long_b} × {ROBERTA_SHORT * ROBERTA_SCALE}"
 
     # checkpointing (estimated)
     e0 = est("minigpt-85m", method="full", precision="amp-bf16", batch=MINI["batch"], seq=MINI["seq"],
@@ -563,6 +569,9 @@ def figures() -> dict[str, str]:
     f["fix.full7b.true"] = f"{amp.persistent}N = {gb(amp.persistent * N7)} = {gib(amp.persistent * N7)}"
     f["fix.lora_base"] = f"{gb(BF16 * N7)} = {gib(BF16 * N7)}"
     f["fix.lora_base.amp"] = gib((FP32 + BF16) * N7)
+    f["fix.lora_base.draft"] = f"2 × 7e9 B = {gb(2 * 7e9)} = {gib(2 * 7e9)}"
+    f["fix.lora_adapters.draft"] = f"16 × 19e6 B = {mb(16 * 19e6)} = {mib(16 * 19e6)}"
+    f["fix.qlora_base.draft"] = f"0.56 × 7e9 B = {gb(0.56 * 7e9, 2)} = {gib(0.56 * 7e9)}"
     f["fix.lora_adapters"] = mib(amp.persistent * n_lora("llama-7b", "all", 8))
     f["fix.lora_adapters.qv"] = mib(amp.persistent * n_lora("llama-7b", "qv", 8))
     f["fix.nf4"] = f"0.5 + {FP32}/{NF4_BLOCK} = {fixed(bits / 8, 4)}"
@@ -572,6 +581,9 @@ def figures() -> dict[str, str]:
     nf4_total = sum(nf4_nbytes(i * o) for n, i, o in shapes if n != "lm_head")
     rest = N7 - lin7
     f["fix.qlora_base"] = gib(nf4_total + BF16 * rest)
+    qlora_states = nf4_total + BF16 * rest + amp.persistent * n_lora("llama-7b", "all", 8)
+    f["fix.ratio"] = times(amp.persistent * N7 / qlora_states, 0)
+    f["fix.qlora_states"] = gib(qlora_states)
     f["fix.mini.states"] = ", ".join(
         auto(states(t["start"])) for t in (m_full, m_lora, m_qlora))
     for k, v in alignment_bytes().items():
@@ -685,12 +697,7 @@ def _footprint_rows(lang: str) -> list[list[str]]:
     rows = []
     for model, base in (("minigpt-85m", MINI), ("llama-7b", LLAMA)):
         for method in ("full", "lora", "qlora"):
-            if model == "llama-7b" and method == "qlora":
-                d, how = est("llama-7b", method="qlora", rank=8, targets=("q_proj", "v_proj"),
-                             precision=base["precision"], batch=base["batch"], seq=base["seq"],
-                             semantics="cuda"), "est"
-            else:
-                d, how = trace(**base, method=method), "trace"
+            d, how = trace(**base, method=method, **(ADAPT if method != "full" else {})), "trace"
             rows.append([MODELS[model], tr(lang, *METHOD_TEXT[method])] + _buckets_row(d, lang)
                         + [f"**{auto(d['peak'])}**", _how(how, lang)])
     return rows

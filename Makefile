@@ -18,7 +18,7 @@ export MPLBACKEND ?= Agg
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
-.PHONY: generate-labs start grade grade-all
+.PHONY: generate-labs start grade grade-all docs
 
 help:
 	@echo "make lab        install (first time only) and open JupyterLab on the course"
@@ -30,6 +30,7 @@ help:
 	@echo "make grade LEARNER=<name>  run copies of a learner's labs, write learners/<name>/grade.md"
 	@echo "make grade-all             grade every learner and print a summary table"
 	@echo "make generate-labs         write labs/ from solutions/ (authors)"
+	@echo "make docs                  recompute every generated figure in theory/ and solutions/0N-*-ref.md"
 
 # --- installation -------------------------------------------------------------------------
 # conda/mamba when present (environment.yml), otherwise the standard library's venv.
@@ -79,6 +80,11 @@ test-notebooks: $(STAMP)
 # --- course artefacts -----------------------------------------------------------------------
 pretrain: $(STAMP)
 	$(PY) -m minigpt.pretrain
+
+# Rewrites the <!-- gen:... --> regions of the theory files from the package (tests/test_theory.py
+# fails when they are stale). Fake-tensor traces are cached in theory/traces.json by code hash.
+docs: $(STAMP)
+	$(PY) -m minigpt.docs
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_from_scratch.py

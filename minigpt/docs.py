@@ -308,6 +308,7 @@ def run_trace(spec: TraceSpec) -> dict:
     """measure_step in fake mode with CUDA semantics; the report as plain integers."""
     from .memory import measure_step
     from .memory.zoo import make_batch
+    from . import nf4  # noqa: F401 - its code tables must be built outside FakeTensorMode
     batch = make_batch(spec.model, spec.batch, spec.seq)
     rep = measure_step(lambda: _build_for_trace(spec), batch, precision=spec.precision,
                        checkpointing=spec.checkpointing, mode="fake", semantics="cuda")

@@ -37,6 +37,9 @@ ALLOWED = [
     (r"\b1\s+(?:MiB|GiB|GB)\s*=", "unit definitions (1 GiB = 2^30 bytes)"),
     (r"[\^_]\{?\d+\}?", "exponents and subscripts in formulas"),
     (r"\bQ\d\b", "question numbers"),
+    (r"^#+\s+(?:Drill solutions|Soluciones)\s+—\s+0\d\b", "file number in a solutions title"),
+    (r"\b(?:Problem|Problema|drill|problema)\s+0?\d+(?:\.\d+)?\b", "problem numbers (drill 02.1)"),
+    (r"\$0\$", "zero as a value in formulas"),
 ]
 NUMBER = re.compile(r"(?<![\w.\-/\\])\d+(?:[.\u202f]\d+)*(?![\w\-])")
 ANY_NUMBER = re.compile(r"\d+(?:[.\u202f]\d+)*")

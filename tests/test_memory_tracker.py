@@ -99,7 +99,7 @@ def test_real_cpu_and_fake_agree_to_the_byte_on_minigpt_tiny(precision, semantic
 
 
 def test_real_cpu_and_fake_agree_to_the_byte_on_minigpt_small():
-    batch = zoo.make_batch("small", 1, 64)
+    batch = zoo.make_batch("small", 1, 32)
     real = measure_step(zoo.factory("small"), batch, mode="cpu")
     fake = measure_step(zoo.factory("small"), batch, mode="fake")
     assert real.peak == fake.peak and real.phases == fake.phases
@@ -135,3 +135,18 @@ def test_bad_arguments_fail_with_one_clear_sentence():
         measure_step(lambda: zoo.build("tiny", device="meta"), zoo.make_batch("tiny", 1, 8))
     with pytest.raises(ValueError, match="known names"):
         zoo.build("gpt-5")
+
+
+def test_gradient_checkpointing_keeps_only_block_inputs_and_agrees_with_fake():
+    batch = zoo.make_batch("tiny", 2, 32)
+    f = zoo.factory("tiny", n_layer=4)
+    plain = measure_step(f, batch)
+    ckpt = measure_step(f, batch, checkpointing=True)
+    fake = measure_step(f, batch, checkpointing=True, mode="fake")
+    assert ckpt.peak == fake.peak and ckpt.phases == fake.phases
+    a_plain = plain.phases["forward"]["buckets"]["activations"]
+    a_ckpt = ckpt.phases["forward"]["buckets"]["activations"]
+    assert a_ckpt < a_plain / 2
+    # model state is the same with and without checkpointing
+    for k in ("weights_trainable", "gradients", "optimizer"):
+        assert ckpt.phases["optimizer"]["buckets"][k] == plain.phases["optimizer"]["buckets"][k]

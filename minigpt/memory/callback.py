@@ -40,7 +40,7 @@ class MemoryCallback(TrainerCallback):
 
     # one tracker per tracked step, entered at step begin, left at step end
     def _start_tracker(self, model, optimizer) -> None:
-        tr = TensorTracker()
+        tr = TensorTracker(gpu_only=self.cuda)
         tr.register_module(model)
         if optimizer is not None:
             tr.register_optimizer(getattr(optimizer, "optimizer", optimizer))  # accelerate wraps it

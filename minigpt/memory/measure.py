@@ -392,6 +392,12 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     sum of live storages (CPU/fake) or ``max_memory_allocated`` (CUDA) between the start of that
     forward and the end of that step; the gradients are still alive at its end.
 
+    Optimizer state, exactly: AdamW keeps two moments per trainable parameter (8 bytes per fp32
+    parameter, 4 per bf16 one) and a float32 scalar ``step`` per parameter *tensor* (4 bytes each on
+    CPU). On CUDA a non-capturable, non-fused AdamW keeps ``step`` on the host (0 GPU bytes; the
+    "cuda" semantics books it outside the buckets); with ``capturable=True`` or ``fused=True`` it is a
+    4-byte device scalar per tensor. SGD with momentum keeps one buffer per parameter.
+
     CUDA: ``torch.cuda.max_memory_allocated()`` counts bytes in blocks handed to tensors (rounded
     up to 512 bytes); ``max_memory_reserved()`` counts what the caching allocator holds from the
     driver, including cached free blocks and fragmentation, so it is larger and closer to what
@@ -400,7 +406,7 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs)
     s.step()  # the untracked warm-up step: optimizer state now exists
     gc.collect()
-    tracker = TensorTracker(semantics=s.semantics)
+    tracker = TensorTracker(semantics=s.semantics, gpu_only=(mode == "cuda"))
     tracker.register_module(s.model)
     tracker.register_optimizer(s.opt)
     tracker.register(s.batch, "temporaries", data=True)

@@ -120,7 +120,7 @@ def memory_timeline(model_or_factory: ModelOrFactory, batch: Any, steps: int = 2
             notes.append("no GPU here: live bytes from the CPU tensor tracker only "
                          "(no allocator or nvidia-smi curves)")
     s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics)
-    tracker = TensorTracker(semantics=s.semantics, timeline=True)
+    tracker = TensorTracker(semantics=s.semantics, timeline=True, gpu_only=(mode == "cuda"))
     tracker.register_module(s.model)
     tracker.register(s.batch, "temporaries", data=True)
     if mode == "cuda":

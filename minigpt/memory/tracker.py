@@ -74,12 +74,15 @@ class TensorTracker(TorchDispatchMode):
             tr.phase = "optimizer"; opt.step()
         tr.peak, tr.peak_buckets, tr.phase_peaks
 
-    ``semantics="cuda"`` keeps AdamW's step counters out of the GPU total (see cuda_rules.py).
+    ``semantics="cuda"`` keeps AdamW's step counters out of the GPU total (see cuda_rules.py);
+    ``gpu_only=True`` (real CUDA runs) keeps every host-memory storage out of it.
     ``timeline=True`` records the live bytes per bucket after every op.
     """
 
-    def __init__(self, semantics: str = "cpu", timeline: bool = False):
+    def __init__(self, semantics: str = "cpu", timeline: bool = False, gpu_only: bool = False):
         super().__init__()
+        # gpu_only (real CUDA runs): storages in host memory are booked as HOST, outside the buckets
+        self.gpu_only = gpu_only
         if semantics not in ("cpu", "cuda"):
             raise ValueError(f"semantics must be 'cpu' or 'cuda', got {semantics!r}.")
         self.semantics = semantics
@@ -123,6 +126,8 @@ class TensorTracker(TorchDispatchMode):
         return n
 
     def _add(self, st, bucket: str, data: bool, weight: bool) -> _Rec:
+        if self.gpu_only and st.device.type != "cuda":
+            bucket = HOST
         self._serial += 1
         serial, key = self._serial, st._cdata
         wref = weakref.ref(st, lambda _w, s=serial: self._free(s))

@@ -132,3 +132,18 @@ def test_rule_sdpa_saves_q_k_v_out_logsumexp_not_scores(dtype, kernel):
     torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
+def test_rule_sdpa_grouped_query_attention_saves_unrepeated_kv():
+    B, H, Hkv, T, hd = 1, 8, 2, 32, 16
+    torch.manual_seed(0)
+    q = torch.randn(B, H, T, hd, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(B, Hkv, T, hd, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    f = lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True, enable_gqa=True)  # noqa: E731
+    cuda, y = _saved_bytes(f, "cuda", q, k, v)
+    assert cuda == B * H * T * hd * 2 + B * H * T * 4          # out (bf16) + logsumexp; k, v are inputs
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    g = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(y, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)

@@ -50,9 +50,14 @@ Rule 5, attention kernels (``SDPA``). On CUDA ``F.scaled_dot_product_attention``
     32 (<= 128) or 64); memory-efficient: delta fp32 (B, H, T). On CPU, SDPA without dropout runs a CPU
     flash kernel that saves the same q, k, v, out, logsumexp (B, H, T), but with dropout it falls back
     to the math path that saves the T x T probabilities and a T x T fp32 mask.
+    With grouped-query attention (``enable_gqa=True``) the kernels read the Hkv key/value heads in
+    place (k and v are saved unrepeated) and flash's backward writes dk/dv for all H heads
+    (``dk_expanded``, ``dv_expanded``) before summing each group.
     Rule: route SDPA through a function that computes attention with the CPU flash kernel (dropout
     is not applied to the values: the memory, not the numbers, is simulated) and saves and allocates
-    exactly the CUDA tensors above.
+    exactly the CUDA tensors above. Not modelled: the memory-efficient kernel's padding of a float
+    mask's last dimension to a multiple of 16 (no copy when T is a multiple of 16) and its fp32
+    gradient-accumulation workspace for fp16/bf16 inputs with a mask.
 """
 from __future__ import annotations
 
@@ -143,9 +148,13 @@ class CudaLikeSDPA(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, attn_mask, is_causal, scale):
         B, H, T, hd = q.shape
+        rep = H // k.shape[-3]         # grouped-query attention: each k/v head serves rep q heads
         kernel = sdpa_kernel(q, attn_mask)
+        # the kernels read the k/v heads in place; the CPU kernel needs them repeated (transient)
+        kr, vr = (k, v) if rep == 1 else (k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3))
         out, lse = aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, is_causal, attn_mask=attn_mask, scale=scale)
+            q, kr, vr, 0.0, is_causal, attn_mask=attn_mask, scale=scale)
+        del kr, vr
         # CUDA writes the output as (B, T, H, hd) and returns its (B, H, T, hd) transpose
         out_cuda = torch.empty((B, T, H, hd), dtype=q.dtype, device=q.device).transpose(1, 2)
         out_cuda.copy_(out)
@@ -156,8 +165,7 @@ class CudaLikeSDPA(torch.autograd.Function):
             del lse
         else:
             lse_cuda = lse  # (B, H, T) float32, as flash's softmax_lse
-        ctx.kernel, ctx.is_causal, ctx.scale, ctx.T = kernel, is_causal, scale, T
-        ctx.has_mask = attn_mask is not None
+        ctx.kernel, ctx.is_causal, ctx.scale, ctx.T, ctx.rep = kernel, is_causal, scale, T, rep
         ctx.save_for_backward(q, k, v, out_cuda, lse_cuda, *(() if attn_mask is None else (attn_mask,)))
         return out_cuda
 
@@ -166,6 +174,7 @@ class CudaLikeSDPA(torch.autograd.Function):
         q, k, v, out, lse, *mask = ctx.saved_tensors
         attn_mask = mask[0] if mask else None
         B, H, T, hd = q.shape
+        rep = ctx.rep
         # the CUDA backward kernel's workspace, alive while dq, dk, dv are computed
         if ctx.kernel == "flash":
             hd_r = _round_up(hd, 32 if hd <= 128 else 64)
@@ -173,11 +182,16 @@ class CudaLikeSDPA(torch.autograd.Function):
                     torch.empty((B, _round_up(T, 128), H, hd_r), dtype=torch.float32, device=q.device)]
         else:
             work = [torch.empty((B, H, T), dtype=torch.float32, device=q.device)]
+        kr, vr = (k, v) if rep == 1 else (k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3))
         lse_t = lse[:, :, :ctx.T]
         dq, dk, dv = aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad_out.contiguous(), q, k, v, out, lse_t, 0.0, ctx.is_causal, attn_mask=attn_mask,
+            grad_out.contiguous(), q, kr, vr, out, lse_t, 0.0, ctx.is_causal, attn_mask=attn_mask,
             scale=ctx.scale)
-        del work
+        del kr, vr, work
+        if rep > 1:  # flash: dk_expanded/dv_expanded for all H heads, summed over each group
+            Hk = H // rep
+            dk = dk.view(B, Hk, rep, T, hd).sum(2)       # (B, Hk, T, hd)
+            dv = dv.view(B, Hk, rep, T, hd).sum(2)
         return dq, dk, dv, None, None, None
 
 
@@ -186,9 +200,8 @@ def _cuda_like_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         # the kernels take an additive float mask; CUDA converts a bool mask the same way
         attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(~attn_mask, float("-inf"))
-    if enable_gqa and key.shape[-3] != query.shape[-3]:
-        rep = query.shape[-3] // key.shape[-3]
-        key, value = key.repeat_interleave(rep, dim=-3), value.repeat_interleave(rep, dim=-3)
+    if key.shape[-3] != query.shape[-3] and not enable_gqa:
+        raise ValueError("query and key have different numbers of heads; pass enable_gqa=True.")
     return CudaLikeSDPA.apply(query, key, value, attn_mask, is_causal, scale)
 
 

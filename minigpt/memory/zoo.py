@@ -56,8 +56,8 @@ def names() -> list[str]:
     return [*MINIGPT_NAMES, *HF_CONFIGS, *(f"minigpt:{p}" for p in PRESETS)]
 
 
-def _resolve(name: str) -> tuple[str, str]:
-    """("minigpt", preset) or ("hf", name)."""
+def resolve(name: str) -> tuple[str, str]:
+    """("minigpt", preset) or ("hf", name); an unknown name raises with the list of known ones."""
     if name.startswith("minigpt:") and name[len("minigpt:"):] in PRESETS:
         return "minigpt", name[len("minigpt:"):]
     if name in MINIGPT_NAMES:
@@ -65,6 +65,9 @@ def _resolve(name: str) -> tuple[str, str]:
     if name in HF_CONFIGS:
         return "hf", name
     raise ValueError(f"Unknown model name {name!r}; the known names are: {', '.join(names())}.")
+
+
+_resolve = resolve  # the estimator and CLI use this name
 
 
 def hf_config(name: str, attn_implementation: str = "sdpa", **overrides):

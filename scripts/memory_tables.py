@@ -2,6 +2,7 @@
 
     .venv/bin/python scripts/memory_tables.py            # batch 1, sequence 512, AMP bf16
     .venv/bin/python scripts/memory_tables.py --json out.json
+    .venv/bin/python scripts/memory_tables.py --exactness  # MLP bytes and real-vs-fake agreement
 """
 import argparse
 import json
@@ -28,6 +29,35 @@ def recipe(name: str, kind: str):
     return make
 
 
+def exactness() -> None:
+    """The tracker's exact bytes on an MLP, and real-CPU vs fake agreement on MiniGPT and RoBERTa."""
+    import torch.nn as nn
+
+    def mlp():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    n = 32 * 64 + 64 + 64 * 10 + 10
+    print(f"MLP 32-64-10, N = {n} parameters in 4 tensors, fp32, AdamW (bytes)")
+    print(f"{'B':>3} {'weights':>9} {'4N':>9} {'grads':>9} {'adamw':>9} {'8N+16':>9} {'activ.':>8} {'256*B':>8}")
+    for B in (1, 2, 4):
+        r = measure_step(mlp, (torch.randn(B, 32),))
+        o, f = r.phases["optimizer"]["buckets"], r.phases["forward"]["buckets"]
+        print(f"{B:>3} {o['weights_trainable']:>9} {4 * n:>9} {o['gradients']:>9} {o['optimizer']:>9} "
+              f"{8 * n + 16:>9} {f['activations']:>8} {256 * B:>8}")
+    cases = [("minigpt tiny", "tiny", {}, 2, 64), ("minigpt small", "small", {}, 1, 128),
+             ("roberta-base", "roberta-base", {}, 1, 128)]
+    print("\nreal CPU vs fake tensors, same step (peak bytes; phases compared bucket by bucket)")
+    for label, name, ov, B, S in cases:
+        batch = zoo.make_batch(name, B, S, **ov)
+        for prec, sem in (("fp32", "cpu"), ("amp-bf16", "cuda")):
+            real = measure_step(zoo.factory(name, **ov), batch, precision=prec, mode="cpu", semantics=sem)
+            fake = measure_step(zoo.factory(name, **ov), batch, precision=prec, mode="fake", semantics=sem)
+            same = real.peak == fake.peak and real.phases == fake.phases
+            print(f"{label:14s} B={B} S={S} {prec:8s} semantics={sem:4s} real={real.peak:>13,} "
+                  f"fake={fake.peak:>13,} {'identical' if same else 'DIFFERENT'}")
+            sys.stdout.flush()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--batch", type=int, default=1)
@@ -35,7 +65,11 @@ def main() -> None:
     ap.add_argument("--precision", default="amp-bf16")
     ap.add_argument("--models", default="minigpt-85m,llama-7b")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--exactness", action="store_true", help="MLP bytes and real-vs-fake agreement")
     a = ap.parse_args()
+    if a.exactness:
+        exactness()
+        return
     out = {}
     for name in a.models.split(","):
         batch = zoo.make_batch(name, a.batch, a.seq)

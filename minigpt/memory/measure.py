@@ -21,6 +21,7 @@ kernels hold different memory from CUDA kernels; the result is labelled "simulat
 from __future__ import annotations
 
 import contextlib
+import copy
 import gc
 import time
 from dataclasses import dataclass, field
@@ -85,17 +86,17 @@ class MemoryReport:
     def table(self, unit: str = "auto") -> str:
         """Bucket split at the peak and at each phase's own peak."""
         if unit == "auto":
-            unit = "GiB" if self.peak >= GiB else "MiB"
-        div = {"MiB": MiB, "GiB": GiB}.get(unit)
+            unit = "GiB" if self.peak >= GiB else "MiB" if self.peak >= MiB else "KiB"
+        div = {"KiB": 1024, "MiB": MiB, "GiB": GiB}.get(unit)
         if div is None:
-            raise ValueError(f"unit must be 'MiB', 'GiB' or 'auto', got {unit!r}.")
+            raise ValueError(f"unit must be 'KiB', 'MiB', 'GiB' or 'auto', got {unit!r}.")
         cols = [p for p in STEP_PHASES if p in self.phases]
         w = 18
         lines = [f"{self.label}",
                  f"precision={self.precision}  optimizer={self.optimizer}  "
                  f"checkpointing={self.checkpointing}  params={self.n_params:,} "
                  f"(trainable {self.n_trainable:,})",
-                 f"units: {unit} (1 {unit} = 2**{20 if unit == 'MiB' else 30} bytes)",
+                 f"units: {unit} (1 {unit} = 2**{ {'KiB': 10, 'MiB': 20, 'GiB': 30}[unit]} bytes)",
                  f"{'bucket':<{w}}{'at peak':>12}" + "".join(f"{c + ' pk':>14}" for c in cols)]
         for k in BUCKETS:
             lines.append(f"{k:<{w}}{self.buckets[k] / div:>12.2f}"
@@ -283,6 +284,8 @@ class Session:
         if not isinstance(model, nn.Module):
             raise TypeError(f"the factory returned {type(model).__name__}, not an nn.Module.")
         if mode == "fake":
+            if is_module:  # a copy: the caller's module keeps its real (or meta) parameters
+                model = copy.deepcopy(model)
             model = to_fake(model, self.fake_mode)
         elif any(p.is_meta for p in model.parameters()):
             raise ValueError("The model is on the meta device (no values): use mode='fake', or build it "
@@ -368,8 +371,9 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     Args:
         model_or_factory: an ``nn.Module`` or a zero-argument callable that builds one. The step
             changes the model's weights and adds optimizer state: pass a factory (or a copy) to keep
-            a model untouched. For ``mode="fake"`` a factory is called inside ``FakeTensorMode``; a
-            model built on ``meta`` is given fake parameters of the same shapes.
+            a model untouched. For ``mode="fake"`` a factory is called inside ``FakeTensorMode`` and
+            a module is copied first; a model built on ``meta`` is given fake parameters of the same
+            shapes.
         batch: a dict of keyword arguments or a tuple of positional arguments for the model (or a
             single tensor). The loss is the output's ``.loss``, else the second item of a returned
             tuple, else the mean of a plain tensor output.

@@ -148,6 +148,8 @@ class TensorTracker(TorchDispatchMode):
             del self._by_key[rec.key]
 
     def _retag(self, rec: _Rec, bucket: str) -> None:
+        if self.gpu_only and rec.bucket == HOST:
+            return  # host memory stays out of the GPU buckets whatever it is used for
         if rec.bucket != bucket:
             self.live[rec.bucket] -= rec.nbytes
             self.live[bucket] += rec.nbytes

@@ -31,7 +31,7 @@ import torch
 import torch.nn as nn
 
 from minigpt.lora import LoRALinear
-from minigpt.nf4 import _BYTE_TO_PAIR_WORDS, _scale_blocks_, dequantize_nf4, quantize_nf4
+from minigpt.nf4 import _BYTE_TO_PAIR, _BYTE_TO_PAIR_WORDS, _scale_blocks_, dequantize_nf4, quantize_nf4
 from minigpt.repro import set_seed
 
 
@@ -84,6 +84,7 @@ def bench_nf4(repeats: int) -> None:
     steps = {
         "uint8 codes -> int32 indices": lambda: q.packed.int(),
         "gather: byte -> pair of levels": lambda: words.index_select(0, idx),
+        "  (the same from a (256, 2) table)": lambda: _BYTE_TO_PAIR.index_select(0, idx),
         "scale by block absmax (in place)": lambda: _scale_blocks_(levels, q.absmax, 64),
         "allocate + fill a 64 MiB tensor": lambda: torch.empty(4096 * 4096).fill_(1.0),
     }

@@ -26,7 +26,6 @@ follow the library's exact arithmetic.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -35,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DOUBLE_QUANT_BLOCKSIZE = 256  # bitsandbytes quantises the scales in blocks of 256
-NF4_OFFSET = 0.9677083        # outermost quantile of the NF4 levels (QLoRA, appendix E)
+NF4_OFFSET = 0.9677083        # probability of the outermost NF4 quantile (QLoRA / bitsandbytes)
 
 
 # ----------------------------------------------------------------------------- the two codes

@@ -77,6 +77,14 @@ def tally(lab: str | None = None) -> tuple[int, int]:
     return sum(r["passed"] for r in recs), len(recs)
 
 
+def passed(name: str, lab: str | None = None) -> bool:
+    """Whether the latest run of check ``name`` passed (False if it has not run). Lets a lab skip
+    heavy work that only makes sense once the learner's code is there."""
+    lab = _state["lab"] if lab is None else lab
+    recs = [r for r in results(lab or None) if r["name"] == name]
+    return bool(recs) and recs[-1]["passed"]
+
+
 def summary(lab: str | None = None) -> None:
     """Print how many checks passed and one line per failed check. Call it in a lab's last cell."""
     lab = _state["lab"] if lab is None else lab

@@ -255,18 +255,19 @@ def _package_digest() -> str:
 
 def reference_run(solution: Path, opts: GradeOptions, cache_dir: Path,
                   memo: dict[str, Execution]) -> Execution:
-    """The solution notebook's execution, from the in-process memo, the on-disk cache, or a
-    fresh run (cached only when it completed)."""
+    """The solution notebook's execution: once per grading run (``memo``), from the on-disk cache
+    when neither the solution nor the package changed since, else a fresh run (cached only when
+    it completed)."""
+    if str(solution) in memo:
+        return memo[str(solution)]
     digest = hashlib.sha256(solution.read_bytes() + _package_digest().encode()
                             + opts.kernel_name.encode()).hexdigest()[:20]
     key = f"{solution.stem}-{digest}"
-    if key in memo:
-        return memo[key]
     cache = cache_dir / f"reference-{key}.json"
     if cache.is_file():
         try:
             ex = Execution(**json.loads(cache.read_text()))
-            memo[key] = ex
+            memo[str(solution)] = ex
             return ex
         except (json.JSONDecodeError, TypeError):
             pass
@@ -280,7 +281,7 @@ def reference_run(solution: Path, opts: GradeOptions, cache_dir: Path,
     if ex.status == "completed":
         cache_dir.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps(asdict(ex), ensure_ascii=False))
-    memo[key] = ex
+    memo[str(solution)] = ex
     return ex
 
 
@@ -540,7 +541,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             "auto-graded: they are listed under each lab beside the reference answer.", "",
             "| Lab | Checks passed | Run | Runtime | Hardware path |", "|---|---|---|---|---|"]
     for lab in report["labs"]:
-        out.append(f"| {lab['lab']} | {lab['passed']}/{lab['total']} | {_STATUS_WORDS.get(lab['status'], lab['status'])} "
+        run = _STATUS_WORDS.get(lab["status"], lab["status"])
+        if lab["errors"]:
+            run += f", {len(lab['errors'])} cell error{'s' if len(lab['errors']) > 1 else ''}"
+        out.append(f"| {lab['lab']} | {lab['passed']}/{lab['total']} | {run} "
                    f"| {lab['runtime_s']:.1f} s | {_cell(lab['hardware'] or '—')} |")
     if report["ignored_notebooks"]:
         out += ["", f"Not graded (not named like a lab, or a second copy): {', '.join(report['ignored_notebooks'])}."]
@@ -549,8 +553,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             "implementation on the same inputs, or a constant in the check cell); **solution run** is the "
             "same check's record when the solution notebook ran in this grading (cached by content hash).", ""]
     for lab in report["labs"]:
+        words = _STATUS_WORDS.get(lab["status"], lab["status"])
         out += [f"## Lab {lab['lab']} — {lab['notebook'] or lab['lab_notebook'] or ''}", "",
-                f"Run: {_STATUS_WORDS.get(lab['status'], lab['status'])} — {lab['message']}."]
+                f"Run: {words}" + ("" if lab["message"] == words else f" — {lab['message']}") + "."]
         ref = lab["reference"]
         if ref is None:
             out.append("Solution run: none (no solution notebook, or reference runs switched off).")

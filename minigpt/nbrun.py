@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})")
         save()
         return 0
-    from jupyter_client import KernelManager
+    # The async manager matters: with the blocking one, nbclient waits for a reply in a blocking
+    # call and never notices that the kernel died.
+    from jupyter_client import AsyncKernelManager
     from nbclient import NotebookClient
     from nbclient.exceptions import DeadKernelError
 
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         errors[cell_index] = {"ename": c.get("ename", "?"), "evalue": " ".join(str(c.get("evalue", "")).split())[:300]}
 
     # ipc transport: Unix sockets work inside a network namespace, where loopback is down.
-    km = KernelManager(kernel_name=a.kernel, transport="ipc" if os.name == "posix" else "tcp")
+    km = AsyncKernelManager(kernel_name=a.kernel, transport="ipc" if os.name == "posix" else "tcp")
     km.connection_file = str(scratch / "kernel.json")
     client = NotebookClient(
         nb, km=km, timeout=int(a.cell_timeout), allow_errors=True, startup_timeout=120,

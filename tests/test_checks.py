@@ -152,6 +152,7 @@ def test_summary_counts_the_latest_run_of_each_check(capsys):
     checks.check_equal("ex2", 1, 2, what="bytes")
     capsys.readouterr()
     assert checks.tally("04") == (1, 2)
+    assert checks.passed("ex1") and not checks.passed("ex2") and not checks.passed("never-ran")
     checks.summary()
     assert lines(capsys) == ["✘ Checks in lab 04: 1 of 2 passed.", "  ✘ ex2: bytes is 1, expected 2"]
     with pytest.raises(AssertionError, match="ex2"):

@@ -1,0 +1,247 @@
+"""minigpt.grading on a small course built from the fixture notebooks.
+
+One grading run (module fixture) covers six learners:
+  alice  both labs solved                       -> full marks
+  bob    fresh copies from make start           -> zero, with "not done yet" messages
+  carol  01: a syntax error in an exercise      -> reported, the rest of the notebook runs
+         02: an endless loop before the check   -> interrupted at the cell time limit, the rest runs
+  dave   01: os._exit(1)   02: kill -9 itself   -> "kernel died", grading goes on
+  erin   01: not a notebook (broken JSON)       -> "unreadable";   02: missing -> "not started"
+  borja  his real profile, no labs copied yet   -> every lab "not started"
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from minigpt import grading, learner
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "notebooks"
+LAB1, LAB2 = "01-fixture-lora-count.ipynb", "02-fixture-gib.ipynb"
+CELL_TIMEOUT = 15  # long enough for `import torch` on a busy 2-core machine; the endless loop costs this
+
+_spec = importlib.util.spec_from_file_location("generate_labs", ROOT / "scripts" / "generate_labs.py")
+gen = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gen)
+
+
+def read(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def code(source: str, cell_id: str) -> dict:
+    return {"cell_type": "code", "execution_count": None, "id": cell_id, "metadata": {}, "outputs": [],
+            "source": source}
+
+
+def exercise_index(nb: dict, n: int) -> int:
+    return [i for i, c in enumerate(nb["cells"]) if grading.cell_role(c) == "exercise"][n]
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in ("grade.md", "grade.json")}
+
+
+def build_course(root: Path) -> None:
+    shutil.copytree(FIXTURES / "solutions", root / "solutions")
+    gen.generate(root / "solutions", root / "labs")
+    (root / "learners" / "TEMPLATE").mkdir(parents=True)
+    shutil.copy(ROOT / "learners" / "TEMPLATE" / "profile.md", root / "learners" / "TEMPLATE" / "profile.md")
+    (root / "learners" / "borja").mkdir()
+    shutil.copy(ROOT / "learners" / "borja" / "profile.md", root / "learners" / "borja" / "profile.md")
+    for name in ("alice", "bob", "carol", "dave", "erin"):
+        learner.start(name, root)
+    labs = lambda name: root / "learners" / name / "labs"  # noqa: E731
+
+    for lab in (LAB1, LAB2):  # alice: the solutions themselves
+        shutil.copy(root / "solutions" / lab, labs("alice") / lab)
+
+    nb = read(root / "labs" / LAB1)  # carol 01: a syntax error where the exercise was
+    i = exercise_index(nb, 0)
+    nb["cells"][i]["source"] = "".join(nb["cells"][i]["source"]).replace(
+        'raise NotImplementedError("Exercise not done yet: write your code here and delete this line.")',
+        "return r * (d_in + d_out")
+    nb["cells"].insert(len(nb["cells"]) - 1, code(
+        "import socket\n"
+        "checks.check_true('net-isolated', {n for _, n in socket.if_nameindex()} <= {'lo'},\n"
+        "                  what='the kernel sees no network interface but loopback')", "net-probe"))
+    (labs("carol") / LAB1).write_text(json.dumps(nb), encoding="utf-8")
+
+    nb = read(root / "solutions" / LAB2)  # carol 02: solved, but an endless loop before the check
+    check_at = next(i for i, c in enumerate(nb["cells"]) if "checks.check(" in grading.cell_source(c))
+    nb["cells"].insert(check_at, code("while True:\n    pass", "endless-loop"))
+    (labs("carol") / LAB2).write_text(json.dumps(nb), encoding="utf-8")
+
+    for lab, kill in ((LAB1, "import os\nos._exit(1)"), (LAB2, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")):
+        nb = read(root / "labs" / lab)  # dave: the kernel dies after the first code cell
+        first = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
+        nb["cells"].insert(first + 1, code(kill, "kill-kernel"))
+        (labs("dave") / lab).write_text(json.dumps(nb), encoding="utf-8")
+
+    (labs("erin") / LAB1).write_text('{"cells": [', encoding="utf-8")
+    (labs("erin") / LAB2).unlink()
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("course")
+    build_course(root)
+    before = tree_digest(root / "learners")
+    opts = grading.GradeOptions(cell_timeout=CELL_TIMEOUT, notebook_timeout=120, kernel_name="python3",
+                                cache_dir=root / ".cache")
+    reports = {r["learner"]: r for r in grading.grade_all(root, opts)}
+    return root, reports, before
+
+
+def lab(report: dict, lab_id: str) -> dict:
+    return next(l for l in report["labs"] if l["lab"] == lab_id)
+
+
+def checks_by_name(lab_report: dict) -> dict:
+    return {c["name"]: c for c in lab_report["checks"]}
+
+
+def test_every_learner_is_graded_and_templates_are_skipped(graded):
+    root, reports, _ = graded
+    assert sorted(reports) == ["alice", "bob", "borja", "carol", "dave", "erin"]
+    for name in reports:
+        assert (root / "learners" / name / "grade.md").is_file()
+        assert read(root / "learners" / name / "grade.json")["learner"] == name
+    table = grading.summary_table(list(reports.values()))
+    assert table.splitlines()[0].split() == ["Learner", "Labs", "Checks", "passed", "Problems", "Time"]
+    assert "alice" in table and "dave" in table and "01: KERNEL DIED" in table
+
+
+def test_grading_never_touches_the_learners_files(graded):
+    root, reports, before = graded
+    assert tree_digest(root / "learners") == before
+    assert all(r["learner_files_unchanged"] for r in reports.values())
+
+
+def test_a_solved_learner_gets_full_marks_beside_the_solution_values(graded):
+    root, reports, _ = graded
+    alice = reports["alice"]
+    assert (alice["passed"], alice["total"]) == (3, 3)
+    l1 = lab(alice, "01")
+    assert l1["status"] == "completed" and l1["errors"] == [] and l1["fallbacks"] == []
+    ex2 = checks_by_name(l1)["ex2-adapter-bytes"]
+    assert ex2["got"] == 262144 and ex2["expected"] == 262144 and ex2["values"] == {"n_params": 65536}
+    assert ex2["reference"] == {"passed": True, "got": 262144, "values": {"n_params": 65536}}
+    assert l1["hardware"].startswith(("CPU —", "CUDA —"))
+    assert l1["reference"]["status"] == "completed"
+    answer = l1["answers"][0]
+    assert answer["id"] == "01-why-lora-is-small" and "256 times fewer" in answer["reference"]
+    md = (root / "learners" / "alice" / "grade.md").read_text(encoding="utf-8")
+    assert "**Checks passed: 3 of 3.**" in md
+    assert "| ex2-adapter-bytes | ✔ pass | adapter bytes in fp32 = 262,144, as expected | 262,144; n_params=65,536 " \
+           "| 262,144 | 262,144; n_params=65,536 |" in md
+
+
+def test_an_unsolved_lab_scores_zero_with_helpful_messages(graded):
+    root, reports, _ = graded
+    bob = reports["bob"]
+    assert bob["profile"]["language"] == "en"
+    assert (bob["passed"], bob["total"]) == (0, 3)
+    l1 = lab(bob, "01")
+    assert l1["status"] == "completed"
+    msgs = {n: c["message"] for n, c in checks_by_name(l1).items()}
+    assert msgs["ex1-lora-params"].startswith("not done yet: `lora_params` still raises NotImplementedError")
+    assert msgs["ex2-adapter-bytes"].startswith("name 'adapter_bytes' is not defined; run the exercise cell above")
+    assert [(e["exercise"], e["ename"], e["note"]) for e in l1["errors"]] == \
+        [(True, "NotImplementedError", "exercise not done yet")] * 2
+    assert l1["fallbacks"] == ["lora_params"]
+    assert l1["answers"][0]["answer"] is None and l1["answers"][0]["note"] == "no answer written"
+    md = (root / "learners" / "bob" / "grade.md").read_text(encoding="utf-8")
+    assert "✘ fail | not done yet:" in md and "*(no answer written)*" in md and "> The adapter trains" in md
+
+
+def test_a_syntax_error_is_reported_and_the_rest_of_the_notebook_runs(graded):
+    _, reports, _ = graded
+    l1 = lab(reports["carol"], "01")
+    assert l1["status"] == "completed"
+    errors = [(e["exercise"], e["ename"]) for e in l1["errors"]]
+    assert errors == [(True, "SyntaxError"), (True, "NotImplementedError")]
+    checks = checks_by_name(l1)
+    assert checks["ex1-lora-params"]["state"] == "failed" and checks["ex2-adapter-bytes"]["state"] == "failed"
+    assert checks["net-isolated"]["reference"] is None  # a check the solution does not have is still shown
+
+
+def test_the_network_is_really_gone_when_isolation_says_so(graded):
+    _, reports, _ = graded
+    isolation = reports["carol"]["isolation"]
+    probe = checks_by_name(lab(reports["carol"], "01"))["net-isolated"]
+    if isolation["network"] == "none":
+        assert probe["state"] == "passed", probe["message"]
+        assert "unshare" in isolation["how"]
+    else:  # this machine does not allow it: the report must say so
+        assert isolation["how"].startswith("no network isolation")
+
+
+def test_an_endless_loop_is_interrupted_and_the_rest_still_counts(graded):
+    _, reports, _ = graded
+    l2 = lab(reports["carol"], "02")
+    assert l2["status"] == "completed"
+    assert [(e["ename"], e["note"]) for e in l2["errors"]] == [("CellTimeout", "time limit")]
+    assert f"longer than {CELL_TIMEOUT} s" in l2["errors"][0]["evalue"]
+    assert checks_by_name(l2)["ex1-gib"]["state"] == "passed"  # the check after the loop ran
+
+
+def test_a_kernel_that_dies_is_reported_and_grading_goes_on(graded):
+    root, reports, _ = graded
+    dave = reports["dave"]
+    for lab_id in ("01", "02"):
+        l = lab(dave, lab_id)
+        assert l["status"] == "kernel_died", l["message"]
+        assert l["message"].startswith("the kernel died in cell 3 (`import os")
+        assert {c["state"] for c in l["checks"]} == {"not run"}
+    md = (root / "learners" / "dave" / "grade.md").read_text(encoding="utf-8")
+    assert "KERNEL DIED" in md and "this check did not run" in md
+
+
+def test_unreadable_and_missing_notebooks_are_reported(graded):
+    _, reports, _ = graded
+    erin = reports["erin"]
+    l1, l2 = lab(erin, "01"), lab(erin, "02")
+    assert l1["status"] == "unreadable" and "cannot be read" in l1["message"]
+    assert l2["status"] == "not_started" and "make start LEARNER=erin" in l2["message"]
+    assert (erin["passed"], erin["total"]) == (0, 3)
+
+
+def test_borja_before_copying_the_labs_has_every_lab_not_started(graded):
+    _, reports, _ = graded
+    borja = reports["borja"]
+    assert borja["profile"] == {"name": "borja", "language": "es", "hardware": "cpu", "gpu_memory_gib": None,
+                                "phase": 28}
+    assert [l["status"] for l in borja["labs"]] == ["not_started", "not_started"]
+
+
+def test_a_course_without_labs_has_nothing_to_grade(tmp_path):
+    (tmp_path / "learners" / "borja").mkdir(parents=True)
+    shutil.copy(ROOT / "learners" / "borja" / "profile.md", tmp_path / "learners" / "borja" / "profile.md")
+    report = grading.grade_learner("borja", tmp_path, grading.GradeOptions(cache_dir=tmp_path / ".cache"))
+    assert report["nothing_to_grade"] and report["labs"] == []
+    md = (tmp_path / "learners" / "borja" / "grade.md").read_text(encoding="utf-8")
+    assert "**Nothing to grade:**" in md and "Profile: language es, hardware cpu, phase 28." in md
+
+
+def test_unknown_or_badly_named_learners_are_one_sentence(tmp_path, capsys):
+    (tmp_path / "learners").mkdir()
+    with pytest.raises(ValueError, match=r"There is no learner 'zoe': run make start LEARNER=zoe first\."):
+        grading.grade_learner("zoe", tmp_path)
+    with pytest.raises(ValueError, match="not allowed"):
+        grading.grade_learner("../etc", tmp_path)
+    assert grading.main([""]) == 2
+    assert capsys.readouterr().out.strip() == "Say whom to grade: make grade LEARNER=<name> (or make grade-all)."
+
+
+def test_reference_runs_are_cached_by_content(graded):
+    root, _, _ = graded
+    cached = sorted(p.name for p in (root / ".cache").glob("reference-*.json"))
+    assert [n.split("-")[1] for n in cached] == ["01", "02"]

@@ -132,8 +132,10 @@ def test_report_table_and_dict():
     r = measure_step(mlp, (torch.randn(2, IN),))
     d = r.to_dict()
     assert all(isinstance(v, int) for v in d["buckets"].values()) and d["peak"] == r.peak
-    text = str(r)
-    assert "MiB (1 MiB = 2**20 bytes)" in text and "tracked on CPU" in text
+    text = str(r)                                   # a 60 KB peak is shown in KiB
+    assert "units: KiB (1 KiB = 2**10 bytes)" in text and "tracked on CPU" in text
+    assert "units: MiB (1 MiB = 2**20 bytes)" in r.table("MiB")
+    assert f"{r.peak:,} bytes" in text
 
 
 def test_bad_arguments_fail_with_one_clear_sentence():

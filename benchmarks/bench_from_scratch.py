@@ -11,7 +11,7 @@ alternately, so both see the same machine load) and ``speed = library time / our
 equal, so we never time a wrong answer. A breakdown shows where our dequantisation spends
 its time. Targets: dequantise >= 0.5x bitsandbytes, LoRA >= 1.0x peft.
 
-    python benchmarks/bench_from_scratch.py [--repeats 9]
+    python benchmarks/bench_from_scratch.py [--repeats 10]
 """
 from __future__ import annotations
 
@@ -36,11 +36,16 @@ from minigpt.repro import set_seed
 
 
 def race(ours: Callable, theirs: Callable, repeats: int) -> tuple[float, float]:
-    """Median seconds of ours() and theirs(), run alternately after one warm-up each."""
+    """Median seconds of ours() and theirs(), run alternately after one warm-up each.
+
+    The order flips every repeat (ours first, then theirs first): whichever runs second
+    reuses memory the first just freed, which can shift its time by a few percent.
+    """
     ours(), theirs()
     t_ours, t_theirs = [], []
-    for _ in range(repeats):
-        for fn, times in ((ours, t_ours), (theirs, t_theirs)):
+    for i in range(repeats):
+        pair = [(ours, t_ours), (theirs, t_theirs)]
+        for fn, times in (pair if i % 2 == 0 else pair[::-1]):
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
@@ -123,7 +128,7 @@ def bench_lora(repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeats", type=int, default=9, help="timed runs per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement (median)")
     args = parser.parse_args()
     set_seed(0)   # also fixes 2 threads, as in the tests and the labs
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, median of {args.repeats} "

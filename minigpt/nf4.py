@@ -287,7 +287,8 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = Fals
     scaled = scaled.clamp(-1.0, 1.0)
 
     # 2. nearest NF4 level: 0..15
-    idx = torch.bucketize(scaled, _table(_NF4_MIDPOINTS, x, torch.float32)).to(torch.uint8)  # (n,)
+    mids = _table(_NF4_MIDPOINTS, x, torch.float32)
+    idx = torch.bucketize(scaled, mids, out_int32=True).to(torch.uint8)       # (n,)
 
     # 3. pack pairs, first element in the high nibble; an odd tail is padded with the zero level
     if n % 2:

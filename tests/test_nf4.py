@@ -136,6 +136,18 @@ def test_double_quant_matches_bitsandbytes(double_quant_pair):
     torch.testing.assert_close(dequantize_nf4(q), bnb_dequantize(packed, state), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_double_quant_of_half_precision_weights_matches_bitsandbytes(dtype):
+    w = weight((256, 1100), dtype)                            # 4,400 blocks: a short last block of 256
+    q = quantize_nf4(w, double_quant=True)
+    packed, state = bnb_quantize(w, double_quant=True)
+    assert torch.equal(q.packed, packed.view(-1)) and torch.equal(q.absmax, state.absmax)
+    assert torch.equal(q.absmax_offset, state.offset) and torch.equal(q.absmax_scale, state.state2.absmax)
+    ours = dequantize_nf4(q)
+    assert ours.dtype == dtype
+    torch.testing.assert_close(ours.float(), bnb_dequantize(packed, state).float(), rtol=0, atol=1e-6)
+
+
 def test_rounding_scales_directly_would_differ_only_at_near_ties(double_quant_pair):
     """Why the library's 8-bit codes are not always the nearest level, and by how much.
 
@@ -211,6 +223,9 @@ def test_errors_are_one_clear_sentence():
     for bad in (0, -64, 48, 64.0, None):
         with pytest.raises(ValueError, match="blocksize must be a positive power of two"):
             quantize_nf4(w, blocksize=bad)
+    # any power of two works here (bitsandbytes itself accepts 32 ... 4096)
+    for ok in (1, 16, 8192):
+        assert quantize_nf4(w, blocksize=ok).absmax.numel() == -(-w.numel() // ok)
     with pytest.raises(TypeError, match="floating-point tensor"):
         quantize_nf4(torch.ones(64, 64, dtype=torch.int64))
     with pytest.raises(TypeError, match="floating-point tensor"):

@@ -238,8 +238,8 @@ def _quantize_scales(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     can use a lookup table instead of a search: it first snaps x in [-1, 1] to the nearest of
     65,536 evenly spaced points (``t = ((x + 1) * 0.5) * 65535 + 0.5``, truncated), then
     takes the level nearest that point. We do the same two steps, so our codes equal the
-    library's. Rounding x straight to its nearest level would give another code for about
-    0.1% of the scales of a Gaussian weight: near-ties, within half a grid step (1 / 65535)
+    library's. Rounding x straight to its nearest level would give another code for 0.1-0.2%
+    of the scales of a Gaussian weight: near-ties, within half a grid step (1 / 65535)
     of a midpoint between two levels. The other code is usually the neighbouring level, and
     only further away among the finest levels near 0, which lie closer together than one
     grid step. ``tests/test_nf4.py`` characterises these differences.

@@ -216,13 +216,17 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
 
 
 def _kill_group(pid: int) -> None:
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
+    """Kill a process and its group (POSIX); just the process elsewhere. Never raises."""
+    if hasattr(os, "killpg"):
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
+            return
         except OSError:
             pass
+    try:
+        os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+    except OSError:
+        pass
 
 
 def _first_line(source: str) -> str:
@@ -454,13 +458,14 @@ def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOpt
     except (ValueError, OSError) as exc:
         profile = {"problem": str(exc)}
     course_labs = {lab_id_of(p): p for p in sorted((root / "labs").glob("*.ipynb")) if lab_id_of(p)}
-    mine, ignored = {}, []
-    for nb in sorted((home / "labs").glob("*.ipynb")) if (home / "labs").is_dir() else []:
+    found = sorted((home / "labs").glob("*.ipynb")) if (home / "labs").is_dir() else []
+    # the learner's copy of a lab is the file with the lab's name; failing that, one numbered like it
+    mine = {lid: home / "labs" / p.name for lid, p in course_labs.items() if (home / "labs" / p.name).is_file()}
+    for nb in found:
         lid = lab_id_of(nb)
-        if lid is None or lid in mine:
-            ignored.append(nb.name)
-        else:
+        if lid is not None and lid not in mine:
             mine[lid] = nb
+    ignored = [nb.name for nb in found if nb not in mine.values()]
     labs = []
     for lid in sorted(set(course_labs) | set(mine)):
         labs.append(_grade_lab(lid, mine.get(lid), home, root, opts, memo))
@@ -640,13 +645,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     p.add_argument("--no-reference", action="store_true", help="do not run the solution notebooks")
     p.add_argument("--no-network-isolation", action="store_true")
+    p.add_argument("--root", type=Path, default=ROOT, help="the course folder (default: this repository)")
     a = p.parse_args(argv)
     opts = GradeOptions(a.cell_timeout, a.notebook_timeout, a.kernel, not a.no_reference,
                         not a.no_network_isolation)
     t0 = time.monotonic()
     try:
         if a.all:
-            reports = grade_all(ROOT, opts)
+            reports = grade_all(a.root, opts)
             print(summary_table(reports))
             for r in reports:
                 print(f"wrote learners/{r['learner']}/grade.md and grade.json")
@@ -654,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             if not (a.learner or "").strip():
                 print("Say whom to grade: make grade LEARNER=<name> (or make grade-all).")
                 return 2
-            r = grade_learner(a.learner.strip(), ROOT, opts)
+            r = grade_learner(a.learner.strip(), a.root, opts)
             print(summary_table([r]))
             print(f"wrote learners/{r['learner']}/grade.md and grade.json")
     except ValueError as exc:

@@ -1,7 +1,7 @@
 """minigpt.grading on a small course built from the fixture notebooks.
 
 One grading run (module fixture) covers six learners:
-  alice  both labs solved                       -> full marks
+  alice  both labs solved (and an old copy)     -> full marks, the copy ignored
   bob    fresh copies from make start           -> zero, with "not done yet" messages
   carol  01: a syntax error in an exercise      -> reported, the rest of the notebook runs
          02: an endless loop before the check   -> interrupted at the cell time limit, the rest runs
@@ -60,8 +60,9 @@ def build_course(root: Path) -> None:
         learner.start(name, root)
     labs = lambda name: root / "learners" / name / "labs"  # noqa: E731
 
-    for lab in (LAB1, LAB2):  # alice: the solutions themselves
+    for lab in (LAB1, LAB2):  # alice: the solutions themselves, and an old unsolved copy
         shutil.copy(root / "solutions" / lab, labs("alice") / lab)
+    shutil.copy(root / "labs" / LAB1, labs("alice") / "01-fixture-lora-count-old.ipynb")
 
     nb = read(root / "labs" / LAB1)  # carol 01: a syntax error where the exercise was
     i = exercise_index(nb, 0)
@@ -80,9 +81,8 @@ def build_course(root: Path) -> None:
     (labs("carol") / LAB2).write_text(json.dumps(nb), encoding="utf-8")
 
     for lab, kill in ((LAB1, "import os\nos._exit(1)"), (LAB2, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")):
-        nb = read(root / "labs" / lab)  # dave: the kernel dies after the first code cell
-        first = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
-        nb["cells"].insert(first + 1, code(kill, "kill-kernel"))
+        nb = read(root / "labs" / lab)  # dave: the kernel dies in the first code cell (cell 2)
+        nb["cells"].insert(1, code(kill, "kill-kernel"))
         (labs("dave") / lab).write_text(json.dumps(nb), encoding="utf-8")
 
     (labs("erin") / LAB1).write_text('{"cells": [', encoding="utf-8")
@@ -129,6 +129,7 @@ def test_a_solved_learner_gets_full_marks_beside_the_solution_values(graded):
     root, reports, _ = graded
     alice = reports["alice"]
     assert (alice["passed"], alice["total"]) == (3, 3)
+    assert alice["ignored_notebooks"] == ["01-fixture-lora-count-old.ipynb"]  # the lab's own name wins
     l1 = lab(alice, "01")
     assert l1["status"] == "completed" and l1["errors"] == [] and l1["fallbacks"] == []
     ex2 = checks_by_name(l1)["ex2-adapter-bytes"]
@@ -199,7 +200,7 @@ def test_a_kernel_that_dies_is_reported_and_grading_goes_on(graded):
     for lab_id in ("01", "02"):
         l = lab(dave, lab_id)
         assert l["status"] == "kernel_died", l["message"]
-        assert l["message"].startswith("the kernel died in cell 3 (`import os")
+        assert l["message"].startswith("the kernel died in cell 2 (`import os")
         assert {c["state"] for c in l["checks"]} == {"not run"}
     md = (root / "learners" / "dave" / "grade.md").read_text(encoding="utf-8")
     assert "KERNEL DIED" in md and "this check did not run" in md

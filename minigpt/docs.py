@@ -20,7 +20,8 @@ Where the figures come from:
 * NF4 bytes: ``minigpt.nf4.nf4_nbytes`` (and ``quantize_nf4`` on a real tensor, in the tests);
 * bytes per parameter: the dtype sizes torch reports (``element_size()``), per precision regime;
 * memory of a training step: ``minigpt.memory.measure_step(mode="fake", semantics="cuda")``
-  ("traced on fake tensors with simulated CUDA semantics") and ``minigpt.memory.estimate`` ("estimated").
+  ("traced on fake tensors with simulated CUDA semantics"; checkpointing with ``semantics="cpu"``,
+  labelled so); the closed-form tables (ZeRO, alignment) are "estimated" from the counts above.
 
 Traces take seconds each, so their results are kept in ``theory/traces.json`` with a hash of the code
 that made them (the minigpt modules a trace runs, and the torch/transformers versions). A trace whose
@@ -87,9 +88,11 @@ def mib(b: float, digits: int = 1) -> str:
 
 
 def auto(b: float) -> str:
-    """GiB from 1 GiB up, else MiB; an empty bucket is 0."""
+    """GiB from 1 GiB up, else MiB; an empty bucket is 0, a few KiB are "< 0.1 MiB"."""
     if b == 0:
         return "0"
+    if abs(b) < 0.05 * MiB:
+        return f"<{THIN}0.1{THIN}MiB"
     return gib(b) if abs(b) >= GiB else mib(b)
 
 
@@ -268,6 +271,7 @@ class TraceSpec:
     dropout: float = 0.0          # LoRA dropout
     checkpointing: bool = False
     attention: str = "sdpa"
+    semantics: str = "cuda"       # "cpu" only where the CUDA simulation cannot run (checkpointing)
 
     def key(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -311,7 +315,7 @@ def run_trace(spec: TraceSpec) -> dict:
     from . import nf4  # noqa: F401 - its code tables must be built outside FakeTensorMode
     batch = make_batch(spec.model, spec.batch, spec.seq)
     rep = measure_step(lambda: _build_for_trace(spec), batch, precision=spec.precision,
-                       checkpointing=spec.checkpointing, mode="fake", semantics="cuda")
+                       checkpointing=spec.checkpointing, mode="fake", semantics=spec.semantics)
     d = rep.to_dict()
     return {k: d[k] for k in ("peak", "buckets", "phases", "peak_phase", "label", "start",
                               "n_params", "n_trainable")}
@@ -382,6 +386,8 @@ def roberta(precision: str, method: str, scale: int = 1, batch: int = ROBERTA_B,
 def all_trace_specs() -> list[TraceSpec]:
     specs = [TraceSpec(**base, method=m, **(ADAPT if m != "full" else {}))
              for base in (MINI, LLAMA) for m in ("full", "lora", "qlora")]
+    specs.append(TraceSpec(**MINI, method="lora"))          # q,v adapters: the activations paragraph
+    specs += [TraceSpec(**MINI, semantics="cpu", checkpointing=c) for c in (False, True)]
     for precision in ("fp32", "amp-fp16"):
         for method in ("full", "lora"):
             for scale in (1, ROBERTA_SCALE):
@@ -397,13 +403,6 @@ def all_trace_specs() -> list[TraceSpec]:
             specs.append(TraceSpec(model="roberta-base", batch=ROBERTA_B, seq=ROBERTA_SHORT,
                                    precision="amp-fp16", attention=attention))
     return specs
-
-
-# ---------------------------------------------------------------------------- estimates
-def est(model: str, **kw) -> dict:
-    """minigpt.memory.estimate(...).to_dict(): integer bytes per bucket and "peak" (closed form)."""
-    from .memory.estimate import estimate
-    return estimate(model, **kw).to_dict()
 
 
 # ---------------------------------------------------------------------------- hardware
@@ -491,8 +490,10 @@ def figures() -> dict[str, str]:
     f["roberta.head"] = num(n_head_roberta())
     d = cfg7.n_embd
     f["lora.q7b.full"] = num(d * d)
-    f["lora.q7b.r8"] = num(8 * (d + d))
-    f["lora.q7b.ratio"] = pct(8 * (d + d) / (d * d))
+    from .lora import lora_parameter_count
+    q8 = lora_parameter_count([(d, d)], 8)            # one (in, out) shape, closed form
+    f["lora.q7b.r8"] = num(q8)
+    f["lora.q7b.ratio"] = pct(q8 / (d * d))
 
     # NF4
     bits, dq_bits = nf4_bits(BIG), nf4_bits(BIG, double_quant=True)
@@ -518,7 +519,9 @@ def figures() -> dict[str, str]:
     f["trace.mini.full.act"] = gib(act(m_full))
     f["trace.mini.lora.act"] = gib(act(m_lora))
     f["trace.mini.lora.act.ratio"] = pct(act(m_lora) / act(m_full), 0)
-    f["trace.mini.lora.act.saved"] = pct(1 - act(m_lora) / act(m_full), 0)
+    m_qv = trace(**MINI, method="lora")
+    f["trace.mini.loraqv.act"] = gib(act(m_qv))
+    f["trace.mini.loraqv.act.ratio"] = pct(act(m_qv) / act(m_full), 0)
     f["trace.mini.lora.vs.full"] = pct(m_lora["peak"] / m_full["peak"], 0)
     f["trace.mini.qlora.vs.lora"] = pct(m_qlora["peak"] / m_lora["peak"], 0)
     f["mini.shape"] = f"$B$ = {MINI['batch']}, $T$ = {MINI['seq']}"
@@ -532,14 +535,11 @@ def figures() -> dict[str, str]:
     f["attn.short"] = f"{ROBERTA_B} × {ROBERTA_SHORT}"
     f["attn.long"] = f"{long_b} × {ROBERTA_SHORT * ROBERTA_SCALE}"
 
-    # checkpointing (estimated)
-    e0 = est("minigpt-85m", method="full", precision="amp-bf16", batch=MINI["batch"], seq=MINI["seq"],
-             semantics="cuda")
-    e1 = est("minigpt-85m", method="full", precision="amp-bf16", batch=MINI["batch"], seq=MINI["seq"],
-             semantics="cuda", checkpointing=True)
-    a0, a1 = _est_act(e0), _est_act(e1)
-    f["est.mini.act"], f["est.mini.ckpt.act"] = gib(a0), gib(a1)
-    f["est.mini.ckpt.factor"] = times(a0 / a1)
+    # checkpointing: traced with CPU kernel semantics (the CUDA simulation cannot recompute blocks yet)
+    c0, c1 = trace(**MINI, semantics="cpu"), trace(**MINI, semantics="cpu", checkpointing=True)
+    f["ckpt.act"], f["ckpt.act.on"] = gib(act(c0)), gib(act(c1))
+    f["ckpt.factor"] = times(act(c0) / act(c1))
+    f["ckpt.peak"], f["ckpt.peak.on"] = gib(c0["peak"]), gib(c1["peak"])
     f["ckpt.compute"] = pct(1 / (1 + BACKWARD_OVER_FORWARD), 0)
 
     # learner
@@ -606,14 +606,6 @@ def _roberta_dropout() -> float:
 def _final_grads(t: dict) -> int:
     """Gradient bytes at the end of the step (the optimizer phase holds every .grad)."""
     return t["phases"]["optimizer"]["buckets"]["gradients"]
-
-
-def _est_act(e: dict) -> int:
-    """Peak activations of an estimate (the forward end holds them all)."""
-    ph = e.get("phases", {})
-    if "forward" in ph:
-        return ph["forward"]["buckets"]["activations"] if "buckets" in ph["forward"] else ph["forward"]["activations"]
-    return e["buckets"]["activations"]
 
 
 # ---------------------------------------------------------------------------- the tables
@@ -778,6 +770,7 @@ def drill_figures() -> dict[str, str]:
     # 01.2
     n = n_lora("minigpt-85m", "qv", 8)
     f["d01.mini.L"], f["d01.mini.d"] = num(c85.n_layer), num(c85.n_embd)
+    assert c85.n_layer * 2 * 8 * (2 * c85.n_embd) == n, "the worked formula must equal lora_parameter_count"
     f["d01.mini.nlora"] = (f"{c85.n_layer} × 2 × 8 × ({c85.n_embd} + {c85.n_embd}) = {num(n)}")
     f["d01.mini.frac"] = f"{num(n)} / {num(N85)} = {pct(n / N85, 3)}"
     # 01.3
@@ -789,14 +782,17 @@ def drill_figures() -> dict[str, str]:
     f["d02.13.shapes"] = f"$d$ = {num(d)}, $f$ = {num(h)}, $L$ = {num(L)}"
     f["d02.13.perlayer"] = f"4 × ({num(d)} + {num(d)}) + 3 × ({num(d)} + {num(h)}) = {num(per_layer)}"
     f["d02.13.total"] = f"16 × {num(L)} × {num(per_layer)} = {num(16 * L * per_layer)}"
+    assert 4 * (d + d) + 3 * (d + h) == per_layer
     f["d02.13.check"] = num(n_lora("llama-13b", "all", 16))
     f["d02.13.ok"] = "True" if 16 * L * per_layer == n_lora("llama-13b", "all", 16) else "False"
     # 02.2: gate_proj of LLaMA-7B
     d7, h7 = c7.n_embd, c7.hidden
     f["d02.gate.shape"] = f"{num(d7)} → {num(h7)}"
     f["d02.gate.full"] = f"{num(d7)} × {num(h7)} = {num(d7 * h7)}"
-    f["d02.gate.lora"] = f"8 × ({num(d7)} + {num(h7)}) = {num(8 * (d7 + h7))}"
-    f["d02.gate.frac"] = pct(8 * (d7 + h7) / (d7 * h7), 3)
+    from .lora import lora_parameter_count
+    gate = lora_parameter_count([(d7, h7)], 8)
+    f["d02.gate.lora"] = f"8 × ({num(d7)} + {num(h7)}) = {num(gate)}"
+    f["d02.gate.frac"] = pct(gate / (d7 * h7), 3)
     # 02.4: r(d + d) = d*d -> r = d/2
     f["d02.square.r"] = f"$r = d/2$ = {num(d7 // 2)}"
     # 03.1: LLaMA-13B, LoRA r=16 all-linear, three regimes

@@ -237,6 +237,12 @@ NF4_BLOCK = 64         # QLoRA's block size (hyper-parameter)
 DQ_BLOCK = 256         # double quantisation: scales per second-level block (bitsandbytes)
 
 
+def all_linear_weights(model: str) -> int:
+    """Weights of every linear layer, the LM head included: what autocast makes 16-bit copies of."""
+    from .lora import lora_linear_shapes
+    return sum(i * o for _, i, o in lora_linear_shapes(_lora_spec(model)))
+
+
 def linear_weight_count(model: str) -> int:
     """Weights of the linear layers that QLoRA quantises (all but the head and embeddings)."""
     from .lora import lora_linear_shapes
@@ -277,17 +283,24 @@ class TraceSpec:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def _code_hash() -> str:
-    """Hash of everything a trace's result depends on: the minigpt code it runs and the versions."""
+# The modules a trace executes (model, adapters, quantiser, the tracer and its CUDA rules, the zoo).
+# estimate.py, timeline.py, cli.py are not run by a trace, so editing them keeps the cache valid.
+TRACE_CODE = ("model.py", "lora.py", "nf4.py", "repro.py", "memory/buckets.py", "memory/cuda_rules.py",
+              "memory/measure.py", "memory/tracker.py", "memory/zoo.py")
+
+
+def code_files() -> dict[str, str]:
+    """sha256 (16 hex digits) of every file in TRACE_CODE, and of the library versions."""
     import transformers
-    files = [ROOT / "minigpt" / f for f in ("model.py", "lora.py", "nf4.py")]
-    files += sorted((ROOT / "minigpt" / "memory").glob("*.py"))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    h.update(f"torch={torch.__version__} transformers={transformers.__version__}".encode())
-    return h.hexdigest()[:16]
+    out = {f: hashlib.sha256((ROOT / "minigpt" / f).read_bytes()).hexdigest()[:16] for f in TRACE_CODE}
+    out["versions"] = f"torch={torch.__version__} transformers={transformers.__version__}"
+    return out
+
+
+def _code_hash(files: Optional[dict] = None) -> str:
+    """One hash of everything a trace's result depends on (see TRACE_CODE)."""
+    files = files or code_files()
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _build_for_trace(spec: TraceSpec):
@@ -326,12 +339,17 @@ class TraceStore:
 
     def __init__(self, path: Path = TRACES_FILE):
         self.path = path
-        self.hash = _code_hash()
+        self.files = code_files()
+        self.hash = _code_hash(self.files)
         self.saved: dict = {}
+        self.changed: list[str] = []           # files whose code differs from the cached traces'
         if path.exists():
             data = json.loads(path.read_text())
             if data.get("code_hash") == self.hash:
                 self.saved = data.get("traces", {})
+            else:
+                old = data.get("code_files", {})
+                self.changed = sorted(k for k in self.files if old.get(k) != self.files[k])
         self.used: dict = {}
         self.recomputed: list[str] = []
 
@@ -348,7 +366,7 @@ class TraceStore:
     def write(self) -> None:
         data = {"about": "minigpt.memory.measure_step(mode='fake', semantics='cuda') reports used by "
                          "the theory files; written by `make docs`. Integer bytes.",
-                "code_hash": self.hash, "traces": dict(sorted(self.used.items()))}
+                "code_hash": self.hash, "code_files": self.files, "traces": dict(sorted(self.used.items()))}
         self.path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
@@ -469,7 +487,8 @@ def figures() -> dict[str, str]:
     f["llama-7b.infer.gib"] = gib(BF16 * N7)
     f["llama-7b.amp.persistent.gib"] = gib(amp.persistent * N7)
     f["llama-7b.amp.persistent"] = f"{gb(amp.persistent * N7)} = {gib(amp.persistent * N7)}"
-    f["llama-7b.amp.peak"] = f"{gb(amp.peak * N7)} = {gib(amp.peak * N7)}"
+    peak7 = amp.persistent * N7 + amp.low_copy * all_linear_weights("llama-7b")   # copies: linear weights only
+    f["llama-7b.amp.peak"] = f"{gb(peak7)} = {gib(peak7)}"
     f["llama-7b.amp.vs.infer"] = times(amp.persistent / BF16, 0)
     f["gpu.a100"] = gib(GPUS["a100"], 0)
     f["gpu.24"] = gib(GPUS["24"], 0)
@@ -569,7 +588,7 @@ def figures() -> dict[str, str]:
     f["fix.full7b"] = f"{gb(16 * 7e9)} = {gib(16 * 7e9)}"
     f["fix.full7b.true"] = f"{amp.persistent}N = {gb(amp.persistent * N7)} = {gib(amp.persistent * N7)}"
     f["fix.lora_base"] = f"{gb(BF16 * N7)} = {gib(BF16 * N7)}"
-    f["fix.lora_base.amp"] = gib((FP32 + BF16) * N7)
+    f["fix.lora_base.amp"] = gib(FP32 * N7 + BF16 * all_linear_weights("llama-7b"))
     f["fix.lora_base.draft"] = f"2 × 7e9 B = {gb(2 * 7e9)} = {gib(2 * 7e9)}"
     f["fix.lora_adapters.draft"] = f"16 × 19e6 B = {mb(16 * 19e6)} = {mib(16 * 19e6)}"
     f["fix.qlora_base.draft"] = f"0.56 × 7e9 B = {gb(0.56 * 7e9, 2)} = {gib(0.56 * 7e9)}"
@@ -626,7 +645,8 @@ def t_regimes(lang: str) -> str:
     head = [tr(lang, "regime", "régimen"), tr(lang, "weights", "pesos"), tr(lang, "gradients", "gradientes"),
             tr(lang, "AdamW moments", "momentos AdamW"), tr(lang, "persistent", "persistente"),
             tr(lang, "16-bit copies in the step", "copias de 16 bits en el paso"), tr(lang, "peak", "pico")]
-    return tr(lang, "Bytes per trainable parameter.\n\n", "Bytes por parámetro entrenable.\n\n") + table(head, rows)
+    return tr(lang, "Bytes per trainable parameter (the 16-bit copies: per weight of a linear layer).\n\n",
+              "Bytes por parámetro entrenable (las copias de 16 bits: por peso de una capa lineal).\n\n") + table(head, rows)
 
 
 def t_frozen(lang: str) -> str:
@@ -914,7 +934,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     changed = write()
     print("\n".join(f"rewrote {c}" for c in changed) or "all generated regions were up to date")
     if store().recomputed:
-        print(f"recomputed {len(store().recomputed)} trace(s); theory/traces.json refreshed")
+        why = f" (code changed: {', '.join(store().changed)})" if store().changed else ""
+        print(f"recomputed {len(store().recomputed)} trace(s){why}; theory/traces.json refreshed")
     return 0
 
 

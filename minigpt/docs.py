@@ -520,7 +520,7 @@ def figures() -> dict[str, str]:
     f["nf4.formula"] = f"$4 + \\frac{{{8 * FP32}}}{{{NF4_BLOCK}}}$"
     f["nf4.bytes"] = fixed(bits / 8, 4)
     fp16_scale_bytes = 0.5 + FP16 / NF4_BLOCK
-    f["nf4.bytes.fp16scales"] = fixed(fp16_scale_bytes, 4)
+    f["nf4.bytes.fp16scales"] = fixed(fp16_scale_bytes, 5)
     f["nf4.dq.bits"] = fixed(dq_bits, 3)
     f["nf4.dq.saving.bits"] = fixed(bits - dq_bits, 3)
     f["nf4.dq.saving.bytes"] = fixed((bits - dq_bits) / 8, 4)

@@ -305,6 +305,14 @@ def test_the_claims_written_around_the_numbers_hold():
     assert eager[1] > eager[0], "eager attention: long sequences cost more at equal tokens"
 
 
+def test_the_claims_of_the_drill_solutions_hold():
+    """solutions/03 problem 1: LoRA over a bf16 base "just misses" a 24 GiB GPU, QLoRA fits."""
+    n, nl, amp = docs.n_params("llama-13b"), docs.n_lora("llama-13b", "all", 16), docs.regimes()["amp"]
+    lora = docs.BF16 * n + amp.persistent * nl
+    assert docs.GPUS["24"] < lora < 1.1 * docs.GPUS["24"]
+    assert "qlora: ✓" in docs.figures()["d03.1.fits"] and "full: ✗" in docs.figures()["d03.1.fits"]
+
+
 def test_regime_bytes_agree_with_the_estimator():
     """The bytes-per-parameter table against minigpt.memory.estimate on LLaMA-7B (closed form)."""
     from minigpt.memory import estimate as est_mod

@@ -323,3 +323,24 @@ def test_regime_bytes_agree_with_the_estimator():
     amp, n = docs.regimes()["amp"], docs.n_params("llama-7b")
     assert b["weights_trainable"] == amp.weights * n
     assert b["optimizer"] == amp.optimizer * n
+
+
+@pytest.mark.parametrize("path", docs.doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_line_starts_with_an_inline_marker(path):
+    """A line that starts with "<!--" opens an HTML block in Markdown (CommonMark, marked in
+    JupyterLab): it would split the paragraph and skip Markdown and math on that line. Inline
+    figures must sit after some text; only generated tables start a line."""
+    bad = [i for i, line in enumerate(read(path).splitlines(), 1)
+           if re.match(r"^[ >]*<!-- gen:(?!table\.)", line)]
+    assert not bad, f"{path.name}: lines {bad} start with an inline <!-- gen: --> marker; join them to the line above"
+
+
+@pytest.mark.parametrize("path", docs.doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_table_renders_as_a_table(path):
+    """CommonMark + GFM tables (markdown-it, as JupyterLab's renderer): a generated table between its
+    comment markers must still come out as an HTML table."""
+    markdown_it = pytest.importorskip("markdown_it")
+    src = read(path)
+    separators = sum(1 for line in src.splitlines() if re.match(r"^\|( *:?-+:? *\|)+$", line.strip()))
+    html = markdown_it.MarkdownIt("commonmark").enable("table").render(src)
+    assert html.count("<table>") == separators

@@ -258,7 +258,7 @@ DRAFT = {
     "lora_total": "14.3 GiB", "lora_adapters": "304 MiB", "nf4_per_weight": "0.56 N",
     "nf4_scale": "fp16", "qlora_base": "3.9 GiB", "qlora_total": "4.2 GiB", "dq_save": "~0.5 bytes",
     "ckpt": "~sqrt(L)", "mini_full": "~1.4 GiB", "mini_lora": "~200 MiB", "mini_qlora": "~80 MiB",
-    "qlora_lt": "<6 GiB", "ratio_full_qlora": "~27×",
+    "qlora_lt": "<6 GiB", "qlora_lt_text": "a 7B model fine-tunes in <6 GiB", "ratio_full_qlora": "~27×",
 }
 
 
@@ -534,6 +534,7 @@ def figures() -> dict[str, str]:
     f["trace.l7b.full.perparam"] = fixed(l_full["peak"] / N7, 1)
     f["trace.l7b.lora.peak"] = gib(l_lora["peak"])
     f["trace.l7b.lora.copies"] = gib(l_lora["buckets"]["weight_copies"])
+    f["trace.l7b.qlora.peak"] = gib(trace(**LLAMA, method="qlora", **ADAPT)["peak"])
     act = lambda t: t["phases"]["forward"]["buckets"]["activations"]  # noqa: E731 - end of forward
     f["trace.mini.full.act"] = gib(act(m_full))
     f["trace.mini.lora.act"] = gib(act(m_lora))

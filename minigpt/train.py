@@ -209,9 +209,9 @@ def train(model: nn.Module, get_batch: Callable[[], Batch], steps: int, lr: floa
     bar = tqdm(range(steps), disable=not progress, desc="train", mininterval=1.0, leave=True)
     try:
         for step in bar:
-            factor = lr_at(step, steps, lr, warmup_steps, schedule, min_lr) / lr
+            lr_now = lr_at(step, steps, lr, warmup_steps, schedule, min_lr)
             for group, base in zip(opt.param_groups, base_lrs):
-                group["lr"] = base * factor
+                group["lr"] = lr_now * (base / lr)  # base / lr is exactly 1.0 for our own AdamW
             t0 = time.perf_counter()
             batch = _to_device(get_batch(), device)
             with autocast_context(precision, device):

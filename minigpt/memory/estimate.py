@@ -616,6 +616,8 @@ class _Walk:
         self._held_sid: dict[str, int] = {}
         self.cache_block: dict[int, int] = {}  # autocast cache made inside each block
         self.anchors: list[_T] = []            # tensors the model code keeps referenced
+        self._keep: Optional[list] = None      # intermediates a C++ function keeps until it returns
+        self.fwd_only: set = set()
         self.fwd_peak = 0
         self.recompute_trace: dict[int, list] = {}   # per block: (saved + in flight, op saves?)
         self.block_start = 0
@@ -642,6 +644,13 @@ class _Walk:
         self.held[key] = nbytes
         self._pending.append((self._held_sid[key], nbytes, "weight_copies"))
 
+    def arg_anchor(self, t: _T) -> None:
+        """A module's argument (a norm's output), referenced until the module returns. Counted in
+        the forward pass; not when checkpointing recomputes the block (measured: the
+        recomputation's peak does not hold it -- an approximation, see accuracy_grid)."""
+        self.anchors.append(t)
+        self.fwd_only.add(t.sid)
+
     def to_cache(self, key: str, nbytes: int) -> None:
         if key not in self.cache:
             self.cache[key] = nbytes
@@ -653,6 +662,8 @@ class _Walk:
         op = _Op(name, [x for x in ins if x.grad], list(outs), self._pending, list(pgrads), work,
                  self.block, passthrough, bool(self._pending) or unpacks)
         self._pending = []
+        if self._keep is not None:
+            alive = (*alive, *self._keep)
         # forward peak: what is saved so far, the autocast cache, and the tensors in flight
         # (this op's inputs and outputs, the residual stream, the embedding output transformers
         # keeps in a local variable) unless they are saved already
@@ -665,7 +676,8 @@ class _Walk:
             sum(b for k, b in self.held.items() if k not in self.cache)
         self.fwd_peak = max(self.fwd_peak, now)
         if self.block >= 0:   # the same inside the block alone: what recomputing it holds
-            inner = [t for t in (*ins, *alive, *self.anchors[self.anchor_base:]) if t.sid != self.block_input]
+            inner = [t for t in (*ins, *alive) if t.sid != self.block_input] + \
+                [t for t in self.anchors[self.anchor_base:] if t.sid not in self.fwd_only]
             held_blk = sum(b for k, b in self.held.items() if k not in self.cache) - self.block_held
             blk = (self.total() - self.block_start) + in_flight(inner) + \
                 self.cache_block.get(self.block, 0) + held_blk
@@ -946,9 +958,15 @@ class _Walk:
                 return self.new_like(out) if q_contiguous else out
             # CPU math path (dropout): computed in fp32 even for 16-bit inputs (ATen upcasts on
             # CPU); q, k^T and v copied for bmm, then probabilities, dropout noise, dropped probs
+            # (ATen's _scaled_dot_product_attention_math, C++: q * sqrt(s), k * sqrt(s) and the
+            # raw scores stay referenced until it returns)
             q4, k4, v4 = self.cast(q, 4), self.cast(k, 4), self.cast(v, 4)
-            o = self._matmuls(q4, k4, v4, 4, 4, 4, p, False, 4, causal)
-            return self.cast(o, el)
+            qs, ks = self.new_like(q4), self.new_like(k4)
+            self._keep = [qs, ks]
+            o = self._matmuls(qs, ks, v4, 4, 4, 4, p, False, 4, causal, math=True)
+            o = self.cast(o, el)
+            self._keep = None
+            return o
         # eager: written out. Under autocast the matmuls run in 16 bits.
         el = 2 if c.amp else q.el
         probs_el = 4 if (c.cuda and c.amp) else el   # CUDA autocast: softmax in fp32
@@ -961,7 +979,7 @@ class _Walk:
         return self._matmuls(qq, kk, vv, el, probs_el, pv_el, p, family == "llama", q.el, causal)
 
     def _matmuls(self, q: _T, k: _T, v: _T, el: int, probs_el: int, pv_el: int, p: float,
-                 llama: bool, q_el: int, causal: bool) -> _T:
+                 llama: bool, q_el: int, causal: bool, math: bool = False) -> _T:
         """softmax(q k^T) v with batched matmuls on (B*H, T, hd) copies of q, k^T, v.
         matmul(a, b) saves a if b needs a gradient and b if a does; softmax saves its output;
         dropout its mask (CPU: noise of the probabilities' dtype). ``pv_el``: the probabilities
@@ -977,6 +995,8 @@ class _Walk:
             self.save(kc, "attention q, k, v copies")
         scores = _T(B * H * T * T, el, s_grad)
         self.record("bmm", [qc, kc], [scores])
+        if math:
+            self._keep.append(scores)
         scores = self.new_like(scores)                   # * scale, + mask / masked_fill
         if causal:
             scores = self.new_like(scores)
@@ -994,6 +1014,8 @@ class _Walk:
             self.save(vc, "attention q, k, v copies")
         o = _T(B * T * H * hd, el, pa.grad or vc.grad)
         self.record("bmm", [pa, vc], [o])
+        if math:
+            return o
         return self.new_like(o)                                   # transpose(1, 2).contiguous()
 
     def loss(self, logits: _T, V: int) -> _T:
@@ -1021,6 +1043,7 @@ def _block_minigpt(w: _Walk, x: _T, i: int) -> _T:
     ln_w = c.full
     norm = w.layernorm if s.norm == "layernorm" else w.rmsnorm_minigpt
     h = norm(x, ln_w, f"blocks.{i}.ln_1")
+    w.arg_anchor(h)                     # the attention's argument, referenced until it returns
     q = w.linear(h, a + "q_proj", d, d)
     k = w.linear(h, a + "k_proj", d, kv)
     v = w.linear(h, a + "v_proj", d, kv)
@@ -1029,9 +1052,11 @@ def _block_minigpt(w: _Walk, x: _T, i: int) -> _T:
         q, k = w.new_like(q, max(q.el, r_el)), w.new_like(k, max(k.el, r_el))
     y = w.attention(q, k, v, True, c.attention, "minigpt", q_contiguous=s.positions == 0)
     y = w.dropout(w.linear(y, a + "o_proj", d, d), c.p_hidden)
+    w.anchors.pop()
     x = w.add(x, y)                                           # residual
     w.anchors.append(x)
     h = norm(x, ln_w, f"blocks.{i}.ln_2")
+    w.arg_anchor(h)                     # the MLP's argument
     if s.mlp == "swiglu":
         g = w.act(w.linear(h, m + "gate_proj", d, f), "silu")
         u = w.linear(h, m + "up_proj", d, f)
@@ -1039,6 +1064,7 @@ def _block_minigpt(w: _Walk, x: _T, i: int) -> _T:
     else:
         hid = w.act(w.linear(h, m + "up_proj", d, f), "gelu")
     y = w.dropout(w.linear(hid, m + "down_proj", f, d), c.p_hidden)
+    w.anchors.pop()
     out = w.add(x, y)
     w.anchors.pop()
     return out
@@ -1069,6 +1095,7 @@ def _block_llama(w: _Walk, x: _T, i: int) -> _T:
     d, f, kv = s.d, s.ffn, s.kv_dim
     a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
     h = w.rmsnorm_hf(x, c.full, f"model.layers.{i}.input_layernorm")
+    w.arg_anchor(h)                     # the attention's argument
     q = w.linear(h, a + "q_proj", d, d)
     k = w.linear(h, a + "k_proj", d, kv)
     v = w.linear(h, a + "v_proj", d, kv)
@@ -1080,12 +1107,17 @@ def _block_llama(w: _Walk, x: _T, i: int) -> _T:
     if s.n_kv_head != s.n_head and c.attention == "eager":      # repeat_kv copies
         k, v = w.new_like(k, numel=q.numel), w.new_like(v, numel=q.numel)
     y = w.attention(q, k, v, True, c.attention, "llama")
-    x = w.add(x, w.linear(y, a + "o_proj", d, d))
+    y = w.linear(y, a + "o_proj", d, d)
+    w.anchors.pop()
+    x = w.add(x, y)
     w.anchors.append(x)                     # the residual
     h = w.rmsnorm_hf(x, c.full, f"model.layers.{i}.post_attention_layernorm")
+    w.arg_anchor(h)                         # the MLP's argument
     g = w.act(w.linear(h, m + "gate_proj", d, f), "silu")
     u = w.linear(h, m + "up_proj", d, f)
-    out = w.add(x, w.linear(w.mul(g, u), m + "down_proj", f, d))
+    y = w.linear(w.mul(g, u), m + "down_proj", f, d)
+    w.anchors.pop()
+    out = w.add(x, y)
     w.anchors.pop()
     return out
 

@@ -1,0 +1,247 @@
+"""The closed-form estimator (minigpt/memory/estimate.py) against the model code, the libraries,
+published formulas, and the tensor tracker (measure_step in fake mode).
+
+Run with ``pytest -s`` to see the estimate-vs-measurement grid and its worst case.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from minigpt.lora import lora_parameter_count  # noqa: E402
+from minigpt.memory import estimate as E  # noqa: E402
+from minigpt.memory import zoo  # noqa: E402
+from minigpt.memory.buckets import BUCKETS, MODEL_STATE_BUCKETS  # noqa: E402
+from minigpt.memory.cli import accuracy_grid, format_grid, measure, measured_model_state  # noqa: E402
+from minigpt.model import parameter_count, preset_config  # noqa: E402
+from minigpt.nf4 import nf4_nbytes  # noqa: E402
+from minigpt.repro import set_seed  # noqa: E402
+
+
+# ----------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("name", ["tiny", "small", "minigpt-85m", "minigpt:llama-7b", "roberta-base",
+                                  "bert-large", "llama-7b", "llama-70b"])
+def test_parameter_inventory_matches_the_model_built_on_meta(name):
+    spec = E.resolve_model(name)
+    inv = {t.name: t.numel for t in E.parameter_inventory(spec)}
+    model = zoo.build(name, device="meta")
+    params = {n: p.numel() for n, p in model.named_parameters()}   # a tied head is listed once
+    buffers = {n: b.numel() for n, b in model.named_buffers()}
+    assert inv == {**params, **buffers}
+    assert E.n_parameters(spec) == sum(params.values())
+
+
+def test_minigpt_parameter_count_agrees_with_the_model_module():
+    for name in ("tiny", "small", "minigpt-85m", "llama-7b", "llama-70b"):
+        assert E.n_parameters(E.resolve_model(f"minigpt:{name}")) == parameter_count(preset_config(name))
+
+
+@pytest.mark.parametrize("name,targets", [("small", "q,v"), ("small", "all-linear"),
+                                          ("roberta-base", "q,v"), ("roberta-base", "all-linear"),
+                                          ("llama-7b", "all-linear"), ("llama-70b", "q,v,k,o")])
+def test_lora_trainable_count_matches_minigpt_lora(name, targets):
+    spec = E.resolve_model(name)
+    tg = E.resolve_targets(spec, targets)
+    st = E.model_states(spec, "lora", "fp32", "adamw", 8, tg, False, "cpu")
+    head = ("classifier",) if spec.task == "cls" else ()
+    head_params = sum(t.numel for t in E.parameter_inventory(spec) if t.name.startswith("classifier."))
+    assert st.n_trainable == lora_parameter_count(spec.config, 8, tg, trainable=head) + head_params
+
+
+def test_targets_shorthand_resolves_per_architecture():
+    assert E.resolve_targets(E.resolve_model("roberta-base"), "q,v") == ("query", "value")
+    assert E.resolve_targets(E.resolve_model("llama-7b"), "q, v") == ("q_proj", "v_proj")
+    assert E.resolve_targets(E.resolve_model("small"), ["q", "o"]) == ("q_proj", "o_proj")
+    assert E.resolve_targets(E.resolve_model("small"), "ALL-LINEAR") == "all-linear"
+
+
+@pytest.mark.parametrize("numel", [64, 4096, 4096 * 11008, 1000, 63, 65 * 257])
+@pytest.mark.parametrize("dq", [False, True])
+def test_nf4_bytes_match_minigpt_nf4(numel, dq):
+    assert E.nf4_bytes(numel, dq) == nf4_nbytes(numel, 64, dq)
+
+
+# ---------------------------------------------------------------------- model states
+def _linear_weights(spec) -> int:
+    return sum(t.numel for t in E.parameter_inventory(spec) if t.kind == "linear_w")
+
+
+def test_bytes_per_parameter_fp32_amp_pure_and_fp16_master():
+    spec = E.resolve_model("llama-7b")
+    N = E.n_parameters(spec)
+    counters = len([t for t in E.parameter_inventory(spec) if not t.kind.startswith("buffer")])
+    for prec, (w, g, o) in {"fp32": (4, 4, 8), "amp-bf16": (4, 4, 8), "bf16": (2, 2, 4),
+                            "fp16-master": (2, 2, 12)}.items():
+        st = E.model_states(spec, "full", prec, "adamw", 8, (), False, "cuda")
+        assert (st.weights_trainable, st.gradients, st.optimizer) == (w * N, g * N, o * N), prec
+        assert st.host == 4 * counters          # AdamW step counters live on the host on CUDA
+    # AMP: 16 persistent bytes per parameter, plus the 16-bit copy of every Linear weight = 18
+    est = E.estimate("llama-7b", precision="amp-bf16", batch=1, seq=16)
+    ms = est.model_state
+    assert ms["weights_trainable"] + ms["gradients"] + ms["optimizer"] == 16 * N
+    assert est.phases["forward"]["buckets"]["weight_copies"] >= 2 * _linear_weights(spec)
+    # the client's draft accounting, done right: fp16 weights + grads + fp32 master + 2 moments = 16
+    est = E.estimate("llama-7b", precision="fp16-master", batch=1, seq=16)
+    assert sum(est.model_state[k] for k in ("weights_trainable", "gradients", "optimizer")) == 16 * N
+
+
+def test_optimizer_bytes_sgd_8bit_and_paged():
+    spec = E.resolve_model("small")
+    inv = [t.numel for t in E.parameter_inventory(spec) if not t.kind.startswith("buffer")]
+    sgd = E.model_states(spec, "full", "fp32", "sgd", 8, (), False, "cpu")
+    assert sgd.optimizer == 4 * sum(inv)
+    eight = E.model_states(spec, "full", "fp32", "adamw-8bit", 8, (), False, "cuda")
+    expect = sum(2 * n + 8 * math.ceil(n / 256) if n >= 4096 else 8 * n for n in inv) + 2 * 256 * 4
+    assert eight.optimizer == expect
+    paged = E.model_states(spec, "full", "fp32", "paged-adamw", 8, (), False, "cuda")
+    assert paged.optimizer == sum(8 * n for n in inv if n < 100_000)
+    assert paged.paged == sum(8 * n for n in inv if n >= 100_000)
+    est = E.estimate("llama-7b", optimizer="paged-adamw", seq=16)
+    assert est.model_state["optimizer"] < 0.001 * est.paged_bytes   # ~0 GPU-resident at the peak
+    assert any("unified memory" in n for n in est.notes)
+    # but bitsandbytes pages only tensors of >= 100,000 elements: LoRA adapters (r=8) are smaller,
+    # so their (small) state stays on the GPU
+    lora = E.estimate("llama-7b", method="lora", targets="all-linear", optimizer="paged-adamw", seq=16)
+    assert lora.paged_bytes == 0 and lora.model_state["optimizer"] == 8 * lora.n_trainable
+
+
+def test_qlora_frozen_bytes_are_nf4_with_and_without_double_quant():
+    spec = E.resolve_model("llama-7b")
+    lin = [(t.module, t.numel) for t in E.parameter_inventory(spec) if t.kind == "linear_w"]
+    other = sum(t.numel for t in E.parameter_inventory(spec) if t.kind in ("embed", "norm"))
+    buffers = sum(4 * t.numel for t in E.parameter_inventory(spec) if t.kind == "buffer_float")
+    for dq in (False, True):
+        st = E.model_states(spec, "qlora", "amp-bf16", "adamw", 8, "all-linear", dq, "cuda")
+        nf4 = sum(E.nf4_bytes(n, dq) for m, n in lin if m != "lm_head")
+        head = 4 * dict(lin)["lm_head"]
+        assert st.weights_frozen == nf4 + head + 4 * other + buffers
+    no_dq = E.model_states(spec, "qlora", "amp-bf16", "adamw", 8, "all-linear", False, "cuda")
+    assert no_dq.weights_frozen > st.weights_frozen      # double quantisation saves ~0.37 bit/weight
+
+
+@pytest.mark.parametrize("zero", [0, 1, 2, 3])
+def test_zero_sharding_divides_model_states_by_the_gpu_count(zero):
+    base = E.estimate("llama-7b", precision="amp-bf16", seq=64)
+    sh = E.estimate("llama-7b", precision="amp-bf16", seq=64, gpus=8, zero=zero)
+    b, s = base.model_state, sh.model_state
+    ceil8 = lambda n: -(-n // 8)  # noqa: E731
+    assert s["optimizer"] == (ceil8(b["optimizer"]) if zero >= 1 else b["optimizer"])
+    assert s["gradients"] == (ceil8(b["gradients"]) if zero >= 2 else b["gradients"])
+    assert s["weights_trainable"] == (ceil8(b["weights_trainable"]) if zero >= 3 else b["weights_trainable"])
+    assert sh.activations == base.activations            # each GPU runs its own batch
+    assert sh.peak <= base.peak
+
+
+# ---------------------------------------------------------------------- activations
+def test_gpt_block_reproduces_korthikanti_in_16_bit_with_dropout():
+    """Korthikanti et al. 2022: s*b*h*(34 + 5*a*s/h) bytes per GPT block, 16-bit, dropout,
+    non-fused attention. Our walk of MiniGPT's block in pure fp16, eager attention, CUDA
+    semantics (1-byte dropout masks) gives exactly that plus what the paper leaves out: the
+    LayerNorms' mean and rstd (2 LayerNorms x 2 x b*s x 2 bytes) and the bool causal mask (s*s)."""
+    B, T = 2, 64
+    spec = E.resolve_model("small", dropout=0.1, attention="eager")
+    ctx = E._Ctx(spec, B, T, "fp16", "cuda", "eager", 0.1, 0.1, "full", 8, frozenset(), frozenset(), ())
+    block = E.forward_walk(ctx).blocks[1]
+    paper = E.korthikanti_bytes(T, B, spec.d, spec.n_head)
+    assert block == paper + 2 * 2 * B * T * 2 + T * T
+
+
+def test_checkpointing_keeps_only_block_inputs():
+    kw = dict(model="small", batch=4, seq=128, semantics="cpu")
+    plain, ck = E.estimate(**kw), E.estimate(checkpointing=True, **kw)
+    spec = E.resolve_model("small")
+    outside = ck.activations - spec.n_layer * 4 * 128 * spec.d * 4
+    assert 0 < outside < plain.activations / spec.n_layer
+    assert ck.peak < plain.peak
+
+
+def test_sdpa_saves_less_than_eager_and_dropout_adds_masks():
+    kw = dict(model="small", batch=2, seq=128, semantics="cuda")
+    sdpa, eager = E.estimate(attention="sdpa", **kw), E.estimate(attention="eager", **kw)
+    assert eager.activations > sdpa.activations
+    drop = E.estimate(attention="sdpa", dropout=0.1, **kw)
+    spec = E.resolve_model("small")
+    # CUDA: 1-byte masks after the embeddings and twice per block (attention dropout is in the kernel)
+    assert drop.activations - sdpa.activations == (1 + 2 * spec.n_layer) * 2 * 128 * spec.d
+
+
+# ---------------------------------------------------------------------- errors
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(method="lorra"), "method"), (dict(precision="fp8"), "precision"),
+    (dict(optimizer="adam9"), "optimizer"), (dict(attention="flash"), "attention"),
+    (dict(semantics="tpu"), "semantics"), (dict(zero=4), "zero"), (dict(batch=0), "batch"),
+    (dict(seq=4096), "seq"), (dict(dropout=1.5), "dropout"), (dict(model="gpt-5"), "model"),
+    (dict(method="lora", rank=0), "rank"), (dict(method="lora", targets="foo"), "foo"),
+    (dict(double_quant=True), "double_quant"), (dict(method="lora", rank=999), "rank"),
+])
+def test_bad_arguments_get_one_sentence(kwargs, words):
+    with pytest.raises(E.EstimateError) as err:
+        E.estimate(**{"model": "small", **kwargs})
+    msg = str(err.value)
+    assert words in msg and msg.count("\n") == 0 and msg.endswith(".")
+
+
+def test_table_and_to_dict():
+    est = E.estimate("llama-7b", method="qlora", targets="all-linear", precision="amp-bf16", seq=512)
+    d = est.to_dict()
+    assert set(BUCKETS) <= set(d) and d["peak"] == sum(d[k] for k in BUCKETS)
+    assert all(isinstance(d[k], int) for k in (*BUCKETS, "peak"))
+    assert d["config"]["targets"] == "all-linear" and d["config"]["precision"] == "amp-bf16"
+    t = est.table()
+    assert "GiB (1 GiB = 2**30 bytes)" in t and t.startswith("estimated") and "nothing was run" in t
+
+
+# ---------------------------------------------------------------------- against the tracker
+# Known gap: with checkpointing, the peak can fall while a block is recomputed, and in 16-bit
+# (autocast casts, ATen's CPU attention math path) or NF4 layers the estimator does not know
+# exactly which of the recomputation's intermediates are still referenced (estimate.replay_step).
+# Measured worst case +4.6% (tracked in the report); the bound is kept close so a regression shows.
+RECOMPUTE_BOUND = 5.0
+
+
+def _known_recompute_gap(r) -> bool:
+    return r["checkpointing"] and (r["precision"] != "fp32" or r["method"] == "qlora")
+
+
+@pytest.fixture(scope="module")
+def grid():
+    set_seed(0)
+    warnings.filterwarnings("ignore")
+    import transformers
+    transformers.logging.set_verbosity_error()
+    rows = accuracy_grid(semantics="cpu")
+    # true roberta-base shapes (fake tensors), one sequence length, no checkpointing
+    rows += accuracy_grid(models=(("roberta-base", {}),), precisions=("amp-bf16",), seqs=(128,),
+                          checkpointing=(False,), semantics="cpu")
+    # simulated CUDA (cuda_rules): setups the simulation supports today (see the report: it cannot
+    # checkpoint, and does not apply autocast to its attention kernel)
+    rows += accuracy_grid(methods=("full", "lora"), precisions=("fp32", "amp-bf16", "bf16"),
+                          seqs=(128,), checkpointing=(False,), semantics="cuda")
+    print("\n" + format_grid(rows))
+    return rows
+
+
+def test_model_state_buckets_equal_the_tracker_to_the_byte(grid):
+    for r in grid:
+        assert r["state_est"] == r["state_meas"], r
+
+
+def test_peak_within_2_percent_without_checkpointing(grid):
+    rows = [r for r in grid if not r["checkpointing"]]
+    worst = max(rows, key=lambda r: abs(r["error"]))
+    assert abs(worst["error"]) <= 2.0, worst
+
+
+def test_peak_within_2_percent_with_checkpointing(grid):
+    rows = [r for r in grid if r["checkpointing"]]
+    for r in rows:
+        bound = RECOMPUTE_BOUND if _known_recompute_gap(r) else 2.0
+        assert abs(r["error"]) <= bound, r
+    within = sum(abs(r["error"]) <= 2.0 for r in rows)
+    print(f"checkpointing: {within}/{len(rows)} setups within 2%")

@@ -618,6 +618,7 @@ class _Walk:
         self.anchors: list[_T] = []            # tensors the model code keeps referenced
         self._keep: Optional[list] = None      # intermediates a C++ function keeps until it returns
         self.fwd_only: set = set()
+        self.kept: list[_T] = []               # tensors the model's output holds until backward ends
         self.fwd_peak = 0
         self.recompute_trace: dict[int, list] = {}   # per block: (saved + in flight, op saves?)
         self.block_start = 0
@@ -672,7 +673,7 @@ class _Walk:
             seen = {t.sid: t.nbytes for t in tensors if t.sid not in self.saved}
             new = {t.sid: t.nbytes for t in outs if t.sid not in self.saved and t.sid not in seen}
             return sum(seen.values()) + max(fwd_work, sum(new.values()))
-        now = self.total() + sum(self.cache.values()) + in_flight((*ins, *alive, *self.anchors)) + \
+        now = self.total() + sum(self.cache.values()) + in_flight((*ins, *alive, *self.anchors, *self.kept)) + \
             sum(b for k, b in self.held.items() if k not in self.cache)
         self.fwd_peak = max(self.fwd_peak, now)
         if self.block >= 0:   # the same inside the block alone: what recomputing it holds
@@ -976,10 +977,15 @@ class _Walk:
             self.save(_T(T * T, 1, False), "attention causal mask")   # ~mask, saved by masked_fill
         pv_el = el if (family == "llama" or c.amp) else probs_el
         qq, kk, vv = (self.cast(q, 2), self.cast(k, 2), self.cast(v, 2)) if c.amp else (q, k, v)
-        return self._matmuls(qq, kk, vv, el, probs_el, pv_el, p, family == "llama", q.el, causal)
+        # LLaMA's KV cache (no checkpointing) hands attention contiguous k and v: bmm reads them
+        # (and k^T) as they are, no reshape copies
+        contiguous_kv = family == "llama" and not c.checkpointing
+        return self._matmuls(qq, kk, vv, el, probs_el, pv_el, p, family == "llama", q.el, causal,
+                             contiguous_kv=contiguous_kv)
 
     def _matmuls(self, q: _T, k: _T, v: _T, el: int, probs_el: int, pv_el: int, p: float,
-                 llama: bool, q_el: int, causal: bool, math: bool = False) -> _T:
+                 llama: bool, q_el: int, causal: bool, math: bool = False,
+                 contiguous_kv: bool = False) -> _T:
         """softmax(q k^T) v with batched matmuls on (B*H, T, hd) copies of q, k^T, v.
         matmul(a, b) saves a if b needs a gradient and b if a does; softmax saves its output;
         dropout its mask (CPU: noise of the probabilities' dtype). ``pv_el``: the probabilities
@@ -988,7 +994,7 @@ class _Walk:
         B, T, H, hd = c.B, c.T, c.spec.n_head, c.spec.head_dim
         s_grad = q.grad or k.grad
         qc = self.new_like(q, el)      # q, k^T reshaped (copied) for bmm
-        kc = self.new_like(k, el, numel=q.numel)
+        kc = k if (contiguous_kv and k.el == el) else self.new_like(k, el, numel=q.numel)
         if k.grad:
             self.save(qc, "attention q, k, v copies")
         if q.grad:
@@ -1007,7 +1013,7 @@ class _Walk:
         if llama:
             probs = self.cast(probs, q_el)          # .to(query.dtype): fp32 q under autocast (rotary)
         pa = self.cast(self.dropout(probs, p), pv_el)
-        vc = self.new_like(v, el, numel=q.numel)
+        vc = v if (contiguous_kv and v.el == el) else self.new_like(v, el, numel=q.numel)
         if v.grad:
             self.save(pa, "attention probabilities")             # probabilities read by @ v
         if pa.grad:
@@ -1104,6 +1110,12 @@ def _block_llama(w: _Walk, x: _T, i: int) -> _T:
     # q and k are fp32 (type promotion), and attention casts them back to 16 bits.
     r_el = c.wb
     q, k = w.new_like(q, max(q.el, r_el)), w.new_like(k, max(k.el, r_el))
+    if not c.checkpointing:
+        # use_cache defaults to config.use_cache (True): a DynamicCache stores
+        # torch.cat([empty (k's dtype), k]) and the same for v -- new tensors in k's dtype (fp32
+        # under autocast), held by the model output until backward ends. Attention reads them.
+        k, v = w.new_like(k), w.new_like(v, k.el)
+        w.kept += [k, v]
     if s.n_kv_head != s.n_head and c.attention == "eager":      # repeat_kv copies
         k, v = w.new_like(k, numel=q.numel), w.new_like(v, numel=q.numel)
     y = w.attention(q, k, v, True, c.attention, "llama")
@@ -1144,6 +1156,7 @@ class _Forward:
     held_keys: dict = field(default_factory=dict)
     cache_keys: dict = field(default_factory=dict)
     fwd_peak: int = 0           # saved + cache + in flight, at the worst op of the forward pass
+    kept: int = 0               # held by the model output until backward ends, not saved
     recompute_peak: dict = field(default_factory=dict)
 
     @property
@@ -1276,7 +1289,8 @@ def forward_walk(ctx: _Ctx) -> _Forward:
                     dequant=w.dequant, ops=w.ops, terms=dict(w.terms), log=w.log,
                     ckpt_inputs=ckpt_inputs, ckpt_sids=ckpt_sids, cache_block=dict(w.cache_block), held_keys=dict(w.held),
                     cache_keys=dict(w.cache), fwd_peak=w.fwd_peak,
-                    recompute_peak=_recompute_peaks(w.recompute_trace))
+                    recompute_peak=_recompute_peaks(w.recompute_trace),
+                    kept=sum({t.sid: t.nbytes for t in w.kept if t.sid not in w.saved}.values()))
 
 
 # ====================================================================================
@@ -1369,9 +1383,9 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     end = dict(static)
     end["activations"] = fw.activations
     end["weight_copies"] = fw.copies_end_forward
-    end["temporaries"] += fw.logits
+    end["temporaries"] += fw.logits + fw.kept
     live.peaks["forward"] = (sum(end.values()), end)
-    extra = fw.fwd_peak - (end["activations"] + end["weight_copies"] + fw.logits)
+    extra = fw.fwd_peak - (end["activations"] + end["weight_copies"] + fw.logits + fw.kept)
     if ctx.checkpointing:
         extra = 0   # (the blocks' insides are freed as they go; not modelled)
     if extra > 0:
@@ -1389,7 +1403,7 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
         for sid, b, bucket in op.saves:
             rc[sid] = rc.get(sid, 0) + 1
             size[sid] = (b, bucket)
-    live.b["temporaries"] += fw.logits
+    live.b["temporaries"] += fw.logits + fw.kept
     for sid, (b, bucket) in size.items():
         live.add(bucket, b)
     ckpt_alive = {}

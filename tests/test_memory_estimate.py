@@ -245,3 +245,16 @@ def test_peak_within_2_percent_with_checkpointing(grid):
         assert abs(r["error"]) <= bound, r
     within = sum(abs(r["error"]) <= 2.0 for r in rows)
     print(f"checkpointing: {within}/{len(rows)} setups within 2%")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])
+def test_minigpt_block_formulas_in_the_docstring(precision):
+    """estimate.py's docstring: fp32 32*N*d + 8*N*f + 16*N + 4*b*H*s, AMP 24*N*d + 4*N*f + 16*N
+    + 4*b*H*s bytes per MiniGPT block (full fine-tuning, fused attention, no dropout)."""
+    B, T = 3, 40
+    spec = E.resolve_model("small")
+    N, d, f, H = B * T, spec.d, spec.ffn, spec.n_head
+    ctx = E._Ctx(spec, B, T, precision, "cpu", "sdpa", 0.0, 0.0, "full", 8, frozenset(), frozenset(), ())
+    block = E.forward_walk(ctx).blocks[1]
+    nd, nf = (32, 8) if precision == "fp32" else (24, 4)
+    assert block == nd * N * d + nf * N * f + 16 * N + 4 * B * H * T

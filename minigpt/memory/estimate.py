@@ -54,20 +54,24 @@ each architecture from the model code, op by op, and add what real kernels do di
 With N = b*s tokens, d = width, f = MLP width, H heads, e = bytes of a matmul output (4 fp32,
 2 under autocast or in pure bf16/fp16), r = bytes of the residual stream (4 fp32 and AMP, 2 pure):
 
-MiniGPT block (pre-norm, GELU MLP, minigpt/model.py), full fine-tuning, fused attention, p = 0:
+MiniGPT block (pre-norm, GELU MLP, minigpt/model.py), full fine-tuning, fused attention, p = 0,
+with b*H*s logsumexp floats of the fused kernel (tests check these against the tracker):
 
-    fp32:  N*d*(4 ln_1 input + 4 q/k/v input + 12 q,k,v + 4 attention output + 4 ln_2 input
-               + 4 up input + 16 GELU input + 16 down input) + 2 LayerNorms * 2 * 4N (mean, rstd)
-               + 4*N*H/d... (logsumexp, 4 bytes per (b, head, position))
-         = 68*N*d + 16*N + 4*b*H*s bytes
-    AMP:   the residual stream (ln inputs) stays fp32; every Linear saves its own 16-bit cast of its
-           input (q, k and v each one): N*d*(4 + 6 + 6 + 2 + 4 + 2) + N*f*(2 + 2) + 16N + 4bHs
-           = 24*N*d + 4*N*f + 16*N + 4*b*H*s  (= 40 N d + ... with f = 4d)
+    fp32:  N*d*(4 ln_1 input + 4 q/k/v input + 12 q, k, v + 4 attention output (read by o_proj
+               in place) + 4 ln_2 input + 4 up input) + N*f*(4 GELU input + 4 down input)
+               + 2 LayerNorms * 2 * 4N (mean, rstd) + 4*b*H*s
+         = 32*N*d + 8*N*f + 16*N + 4*b*H*s          (= 64 N d + ... with f = 4d)
+    AMP:   the residual stream (LayerNorm inputs) stays fp32; every Linear saves its own 16-bit
+           cast of its input (q, k and v one each):
+           N*d*(4 + 6 + 6 + 2 + 4 + 2) + N*f*(2 + 2) + 16*N + 4*b*H*s
+         = 24*N*d + 4*N*f + 16*N + 4*b*H*s          (= 40 N d + ... with f = 4d)
 
-Eager attention adds the (b, H, s, s) probabilities (e bytes each) and a bool causal mask (s*s),
-and saves copies of q, k, v made for the batched matmul; dropout p > 0 adds per dropout a mask:
-1 byte per element on CUDA (``native_dropout``), the input's dtype on CPU (semantics="cpu"), and
-makes attention on CPU fall back to the math path (three s x s tensors). On CUDA, flash /
+In pure fp16 with eager attention and dropout on CUDA the same walk gives Korthikanti's
+34*s*b*h + 5*a*s^2*b exactly, plus the LayerNorm statistics and the bool causal mask
+(tests/test_memory_estimate.py). Eager attention adds the (b, H, s, s) probabilities and copies
+of q, k, v made for the batched matmuls; dropout p > 0 adds a mask per dropout: 1 byte per
+element on CUDA (``native_dropout``), the input's dtype on CPU (semantics="cpu"), where SDPA with
+dropout also falls back to ATen's math path (three s x s fp32 tensors). On CUDA, flash /
 memory-efficient attention never store the s x s matrix and apply dropout from a seed.
 
 LoRA and QLoRA change what is saved: a frozen Linear saves no input (its weight gets no
@@ -76,18 +80,23 @@ gradient) but, when its input needs a gradient, keeps its weight, which under au
 saves the 16-bit cast of its input (N*in*2, fp32 adapters under autocast; the input itself in fp32)
 and its rank-r intermediate (N*r*e). Block 0 of a LoRA model saves less: its input (frozen
 embeddings) needs no gradient. QLoRA's NF4 layers save nothing: the weight is decoded again in
-backward (4 + 4 + 2 bytes per weight of the largest layer, transient, in weight_copies).
+backward (6 bytes per weight of the layer while decoding: int32 codes + fp32 levels, transient).
+transformers' LLaMA keeps a KV cache (use_cache) of k and v in k's dtype (fp32 under autocast,
+after rotary) until the step's output is dropped.
 
 Gradient checkpointing (per block, ``torch.utils.checkpoint``, non-reentrant) keeps each block's
-input (N*d*r) and recomputes one block at a time in backward: activations = what lies outside the
-blocks + one block's activations during backward.
+input (N*d*r) and recomputes one block at a time in backward.
 
-The peak. The step is: forward (activations accumulate), backward (activations are freed block by
-block from the top while gradients accumulate), optimizer step (temporaries). We evaluate the
-bucket totals at the moments where the maximum can fall: the end of the forward pass, the top
-block's backward (all activations + the loss gradient + the top block's backward temporaries),
-the bottom block's backward (all gradients, one block of activations), and the optimizer step.
-Each moment is a closed-form sum; ``Estimate.phases`` gives them and ``peak`` is their maximum.
+How the estimate is computed. The formulas above are not typed in one by one: ``forward_walk``
+walks each architecture's forward pass op by op on *symbolic* tensors (element count, bytes per
+element, requires_grad; no torch, no memory), applying to each op the rule of what autograd saves
+and what autocast casts; the activations are the sum of the saved shapes. ``replay_step`` then
+replays the step in order -- forward (saved tensors, the autocast cache, tensors in flight),
+backward in reverse (each op allocates its inputs' and parameters' gradients, then frees its
+output's gradient and what it saved; checkpointed blocks are recomputed when backward reaches
+them), optimizer step (foreach or for-loop temporaries) -- and the peak is the largest total met.
+Model states are exact sums over the parameter tensors. Everything is arithmetic on shapes:
+LLaMA-70B takes a few seconds on a laptop.
 """
 from __future__ import annotations
 

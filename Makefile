@@ -14,7 +14,6 @@ export MKL_NUM_THREADS ?= 2
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND ?= Agg
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
@@ -70,7 +69,7 @@ test: $(STAMP)
 	echo "make test took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -q tests
+	MPLBACKEND=Agg $(PY) -m pytest -q tests  # no windows in unit tests; notebooks keep the inline backend
 
 test-notebooks: $(STAMP)
 	@if ls solutions/*.ipynb >/dev/null 2>&1; then \

@@ -270,7 +270,7 @@ class TraceSpec:
     batch: int
     seq: int
     precision: str = "amp-bf16"
-    method: str = "full"          # "full" | "lora" | "qlora"
+    method: str = "full"          # "full" | "lora" | "qlora" | "head" (only `trainable` learns)
     r: int = 8
     targets: tuple = ("q_proj", "v_proj")
     trainable: tuple = ()         # modules trained in full next to the adapters (RoBERTa: classifier)
@@ -278,9 +278,18 @@ class TraceSpec:
     checkpointing: bool = False
     attention: str = "sdpa"
     semantics: str = "cuda"       # "cpu" only where the CUDA simulation cannot run (checkpointing)
+    # Lab 05's extra mechanisms (transformers models). Left out of key() at their defaults, so the
+    # cached traces of theory/traces.json keep their keys.
+    base_dtype: str = ""          # "fp16"/"bf16": the base loaded in 16 bits (from_pretrained(torch_dtype=...))
+    adapter_dtype: str = "fp32"   # LoRA A, B dtype: peft's default upcasts to fp32; "base" keeps the base's
+    model_dropout: Optional[float] = None   # the model's own dropout (hidden and attention); None: config's
 
     def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = asdict(self)
+        for k, default in (("base_dtype", ""), ("adapter_dtype", "fp32"), ("model_dropout", None)):
+            if d[k] == default:
+                del d[k]
+        return json.dumps(d, sort_keys=True)
 
 
 # The modules a trace executes (model, adapters, quantiser, the tracer and its CUDA rules, the zoo).
@@ -310,14 +319,25 @@ def _build_for_trace(spec: TraceSpec):
     from .memory.zoo import build
     from .repro import set_seed
     set_seed(0)
-    m = build(spec.model, device="meta", attn_implementation=spec.attention)
+    overrides = {} if spec.model_dropout is None else dict(
+        hidden_dropout_prob=spec.model_dropout, attention_probs_dropout_prob=spec.model_dropout)
+    m = build(spec.model, device="meta", attn_implementation=spec.attention, **overrides)
+    if spec.base_dtype:   # every floating parameter in 16 bits, as from_pretrained(torch_dtype=...) loads it
+        from .memory.measure import cast_model   # (Module.to cannot swap tensors inside FakeTensorMode)
+        cast_model(m, {"fp16": torch.float16, "bf16": torch.bfloat16}[spec.base_dtype])
+    if spec.method == "head":   # no adapters: only the modules in `trainable` learn
+        m.requires_grad_(False)
+        for name in spec.trainable:
+            m.get_submodule(name).requires_grad_(True)
     if spec.method == "qlora":
         from .nf4 import quantize_model
         compute = {"amp-bf16": torch.bfloat16, "amp-fp16": torch.float16}.get(spec.precision, torch.float32)
         quantize_model(m, compute_dtype=compute)
     if spec.method in ("lora", "qlora"):
         targets = spec.targets if spec.targets == ALL_LINEAR else tuple(spec.targets)
-        apply_lora(m, spec.r, 2 * spec.r, dropout=spec.dropout, targets=targets, trainable=spec.trainable)
+        adapter_dtype = None if spec.adapter_dtype == "base" else torch.float32
+        apply_lora(m, spec.r, 2 * spec.r, dropout=spec.dropout, targets=targets, trainable=spec.trainable,
+                   adapter_dtype=adapter_dtype)
     return m
 
 
@@ -389,16 +409,15 @@ ALL_LINEAR = "all-linear"
 MINI = dict(model="minigpt-85m", batch=8, seq=512, precision="amp-bf16")
 LLAMA = dict(model="llama-7b", batch=1, seq=512, precision="amp-bf16")
 ADAPT = dict(r=8, targets=ALL_LINEAR)      # LoRA/QLoRA of the footprint table: r = 8, all-linear
-ROBERTA_B, ROBERTA_SHORT, ROBERTA_SCALE = 32, 64, 8          # the learner's grid (file 03)
-ROBERTA_LORA = dict(method="lora", r=8, targets=("query", "value"), trainable=("classifier",), dropout=0.1)
+# the learner's grid (file 03, lab 05): defined once, in minigpt.puzzle
+from .puzzle import BATCH as ROBERTA_B, T_SHORT as ROBERTA_SHORT, SCALE as ROBERTA_SCALE  # noqa: E402
+from .puzzle import LORA_SPEC as ROBERTA_LORA  # noqa: E402
 
 
 def roberta(precision: str, method: str, scale: int = 1, batch: int = ROBERTA_B, attention: str = "sdpa") -> dict:
-    kw = dict(model="roberta-base", batch=batch, seq=ROBERTA_SHORT * scale, precision=precision,
-              attention=attention)
-    if method == "lora":
-        kw.update(ROBERTA_LORA)
-    return trace(**kw)
+    """One run of the learner's grid (minigpt.puzzle.spec), from the trace cache."""
+    from .puzzle import spec
+    return store().get(spec(precision, method, scale, batch=batch, attention=attention))
 
 
 def all_trace_specs() -> list[TraceSpec]:
@@ -420,6 +439,8 @@ def all_trace_specs() -> list[TraceSpec]:
         if attention == "eager":
             specs.append(TraceSpec(model="roberta-base", batch=ROBERTA_B, seq=ROBERTA_SHORT,
                                    precision="amp-fp16", attention=attention))
+    from .puzzle import mechanism_specs
+    specs += list(mechanism_specs().values())               # lab 05's mechanisms (file 03, Q4)
     return specs
 
 
@@ -582,6 +603,7 @@ def figures() -> dict[str, str]:
     sf, sl = g["amp-fp16", "full", ROBERTA_SCALE]["start"], g["amp-fp16", "lora", ROBERTA_SCALE]["start"]
     states = lambda s: sum(s.get(k, 0) for k in ("weights_trainable", "weights_frozen", "gradients", "optimizer"))  # noqa: E731
     f["learner.states.saved"] = gib(states(sf) - states(sl))
+    f.update(lab05_figures())
 
     # corrections to the draft
     for k, v in DRAFT.items():
@@ -626,6 +648,77 @@ def _roberta_dropout() -> float:
 def _final_grads(t: dict) -> int:
     """Gradient bytes at the end of the step (the optimizer phase holds every .grad)."""
     return t["phases"]["optimizer"]["buckets"]["gradients"]
+
+
+# ---------------------------------------------------------------------------- lab 05
+def _mechanisms() -> dict[str, dict]:
+    from .puzzle import mechanism_specs
+    return {name: store().get(s) for name, s in mechanism_specs().items()}
+
+
+@lru_cache(maxsize=None)
+def _lab05_padded() -> float:
+    """Mean padded length of batches of the learner's size, in lab 05's byte-level BPE tokens."""
+    from .puzzle import BATCH, padded_lengths, token_lengths
+    return padded_lengths(token_lengths("train"), BATCH, cap=None).float().mean().item()
+
+
+def lab05_figures() -> dict[str, str]:
+    """The results of lab 05 (solutions/05-the-fp16-lora-puzzle.ipynb) that file 03 cites."""
+    from .puzzle import all_linear_name, attention_scores_bytes, fp32_adapter_extra_bytes, forward_activations
+    from .memory.zoo import hf_config
+    f: dict[str, str] = {}
+    mech, S = _mechanisms(), ROBERTA_SCALE
+    f["lab05.padded"] = fixed(_lab05_padded(), 1)
+    # eager attention: extra activations per extra score element, same tokens (file 03, Q2)
+    cfg = hf_config("roberta-base")
+    long_b = ROBERTA_B * ROBERTA_SHORT // (ROBERTA_SHORT * S)
+    e_s = roberta("amp-fp16", "full", 1, attention="eager")
+    e_l = roberta("amp-fp16", "full", S, batch=long_b, attention="eager")
+    elements = cfg.num_hidden_layers * (attention_scores_bytes(long_b, cfg.num_attention_heads, ROBERTA_SHORT * S, 1)
+                                        - attention_scores_bytes(ROBERTA_B, cfg.num_attention_heads, ROBERTA_SHORT, 1))
+    f["lab05.eager.perscore"] = fixed((forward_activations(e_l) - forward_activations(e_s)) / elements, 2)
+    # fp32 adapters on an fp16 base (Q4): the traced difference, and the formula it equals
+    extra = (forward_activations(mech["fp16 base, fp32 adapters"])
+             - forward_activations(mech["fp16 base, fp16 adapters"]))
+    n_adapted = cfg.num_hidden_layers * len(ROBERTA_LORA["targets"])
+    assert extra == fp32_adapter_extra_bytes(ROBERTA_B, ROBERTA_SHORT * S, cfg.hidden_size, ROBERTA_LORA["r"],
+                                             n_adapted), "the formula of file 03 must equal the traced difference"
+    f["lab05.fp32ad.extra"] = auto(extra)
+    f["lab05.fp32ad.formula"] = f"$(4 - 2) \\times B\\,T\\,(d + r)$"
+    f["lab05.allx.amp.long"] = gib(mech[all_linear_name("amp-fp16", S)]["peak"])
+    f["lab05.allx.fp32.long"] = gib(mech[all_linear_name("fp32", S)]["peak"])
+    f["lab05.full.fp32.long"] = gib(roberta("fp32", "full", S)["peak"])
+    f["lab05.head.peak"] = auto(mech["fp16 head only (no adapters)"]["peak"])
+    return f
+
+
+def t_lab05(lang: str) -> str:
+    """Lab 05's mechanisms: LoRA's peak against full fine-tuning's in the same precision."""
+    from .puzzle import all_linear_name
+    mech, S = _mechanisms(), ROBERTA_SCALE
+    amp_full, fp32_full = roberta("amp-fp16", "full", S)["peak"], roberta("fp32", "full", S)["peak"]
+    fp16_full = mech["pure fp16 full"]["peak"]
+    rows_spec = [
+        (("fp16 (AMP), LoRA q,v (the learner's)", "fp16 (AMP), LoRA q,v (la del estudiante)"),
+         roberta("amp-fp16", "lora", S)["peak"], amp_full),
+        (("fp16 (AMP), LoRA q,v, LoRA dropout 0", "fp16 (AMP), LoRA q,v, dropout de LoRA 0"),
+         mech["fp16 LoRA, LoRA dropout 0"]["peak"], amp_full),
+        (("fp16 (AMP), classifier head only (no adapters)", "fp16 (AMP), solo la cabeza (sin adaptadores)"),
+         mech["fp16 head only (no adapters)"]["peak"], amp_full),
+        (("fp16 (AMP), LoRA all-linear", "fp16 (AMP), LoRA en todas las lineales"),
+         mech[all_linear_name("amp-fp16", S)]["peak"], amp_full),
+        (("fp32, LoRA all-linear", "fp32, LoRA en todas las lineales"), mech[all_linear_name("fp32", S)]["peak"], fp32_full),
+        (("fp16 base, fp32 adapters (peft's default)", "base fp16, adaptadores fp32 (por defecto en peft)"),
+         mech["fp16 base, fp32 adapters"]["peak"], fp16_full),
+        (("fp16 base, fp16 adapters", "base fp16, adaptadores fp16"), mech["fp16 base, fp16 adapters"]["peak"], fp16_full),
+    ]
+    rows = [[tr(lang, *name), gib(lora), gib(full), pct(lora / full, 0)] for name, lora, full in rows_spec]
+    T = ROBERTA_SHORT * S
+    head = [tr(lang, f"setup ($T$ = {T})", f"montaje ($T$ = {T})"), tr(lang, "peak", "pico"),
+            tr(lang, "full fine-tuning, same precision", "ajuste completo, misma precisión"),
+            tr(lang, "LoRA / full", "LoRA / completo")]
+    return table(head, rows)
 
 
 # ---------------------------------------------------------------------------- the tables
@@ -771,7 +864,7 @@ def alignment_bytes() -> dict[str, float]:
 TABLES: dict[str, Callable[[str], str]] = {
     "table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen, "table.nlora": t_nlora,
     "table.attention": t_attention, "table.zero": t_zero, "table.footprint": t_footprint,
-    "table.learner": t_learner, "table.alignment": t_alignment,
+    "table.learner": t_learner, "table.alignment": t_alignment, "table.lab05": t_lab05,
 }
 
 

@@ -48,6 +48,10 @@ def test_timeline_sawtooth_and_state(tl):
 def test_plot_returns_figure_and_saves_only_inside_repo(tl, tmp_path):
     fig = plot_timeline(tl)
     assert fig.axes and fig.axes[0].get_ylabel().startswith("live memory")
+    # each bucket has the colour it has in the bar charts (one palette for the course)
+    from minigpt.memory.plot import BUCKET_COLORS
+    fills = fig.axes[0].collections[:len(BUCKETS)]
+    assert [matplotlib.colors.to_hex(c.get_facecolor()[0]) for c in fills] == [BUCKET_COLORS[k] for k in BUCKETS]
     with pytest.raises(ValueError, match="inside the repository"):
         plot_timeline(tl, path=tmp_path / "x.png")
     matplotlib.pyplot.close("all")

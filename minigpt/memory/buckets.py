@@ -39,3 +39,16 @@ def fmt_bytes(n: int | float, unit: str = "auto") -> str:
     if unit == "B":
         return f"{int(n)} B"
     return f"{n / div[unit]:.2f} {unit}"
+
+
+# one colour per bucket, the same in every figure, bar charts and timelines alike
+# (matplotlib's tab10, in a colour-blind friendly order)
+BUCKET_COLORS: dict[str, str] = {
+    "weights_trainable": "#1f77b4",
+    "weights_frozen": "#aec7e8",
+    "weight_copies": "#9467bd",
+    "gradients": "#ff7f0e",
+    "optimizer": "#d62728",
+    "activations": "#2ca02c",
+    "temporaries": "#7f7f7f",
+}

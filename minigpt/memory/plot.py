@@ -12,18 +12,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from .buckets import BUCKETS, GiB, MiB
+from .buckets import BUCKET_COLORS, BUCKETS, GiB, MiB
 
-# one colour per bucket, the same in every figure (matplotlib's tab10, colour-blind friendly order)
-BUCKET_COLORS: dict[str, str] = {
-    "weights_trainable": "#1f77b4",
-    "weights_frozen": "#aec7e8",
-    "weight_copies": "#9467bd",
-    "gradients": "#ff7f0e",
-    "optimizer": "#d62728",
-    "activations": "#2ca02c",
-    "temporaries": "#7f7f7f",
-}
+__all__ = ["BUCKET_COLORS", "bucket_bars", "peak_vs", "sweep"]
 
 
 def _buckets_of(r: Any) -> dict[str, int]:

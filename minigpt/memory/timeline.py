@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import torch
 
-from .buckets import BUCKETS, MiB, GiB
+from .buckets import BUCKET_COLORS, BUCKETS, MiB, GiB
 from .measure import ModelOrFactory, OptimizerSpec, Session, label_for
 from .tracker import TensorTracker
 
@@ -156,11 +156,6 @@ def memory_timeline(model_or_factory: ModelOrFactory, batch: Any, steps: int = 2
     return tl
 
 
-_COLORS = {"weights_trainable": "#1f77b4", "weights_frozen": "#aec7e8", "weight_copies": "#9467bd",
-           "gradients": "#d62728", "optimizer": "#ff7f0e", "activations": "#2ca02c",
-           "temporaries": "#bcbd22"}
-
-
 def plot_timeline(tl: Timeline, path: Optional[str | Path] = None, unit: str = "auto", ax=None):
     """Stacked buckets over ops, phase markers, the peak, and (CUDA) allocator/nvidia-smi curves.
 
@@ -177,7 +172,7 @@ def plot_timeline(tl: Timeline, path: Optional[str | Path] = None, unit: str = "
         fig = ax.figure
     x = list(range(len(tl)))
     ax.stackplot(x, *[[v / div for v in tl.live[k]] for k in BUCKETS], labels=list(BUCKETS),
-                 colors=[_COLORS[k] for k in BUCKETS], step="post", alpha=0.9)
+                 colors=[BUCKET_COLORS[k] for k in BUCKETS], step="post", alpha=0.9)
     i = tl.peak_index
     ax.axhline(tl.peak / div, color="k", lw=0.8, ls="--")
     ax.annotate(f"peak {tl.peak / div:.2f} {unit} ({tl.phase[i]}, step {tl.step[i]})",

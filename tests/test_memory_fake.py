@@ -158,3 +158,45 @@ def test_rule_sdpa_grouped_query_attention_saves_unrepeated_kv():
     for a, b in zip(torch.autograd.grad(y, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g)):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
+
+
+# ------------------------------------------------------------ the rules with checkpointing / autocast
+@pytest.mark.parametrize("mode", ["cpu", "fake"])
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16", "bf16"])
+def test_checkpointing_under_cuda_semantics_recomputes_with_the_rules(mode, precision):
+    """torch.utils.checkpoint recomputes each block during backward with an empty torch-function
+    mode stack; the rules must apply to the recomputation too, or the recomputed attention/dropout
+    saves CPU tensors and checkpoint raises CheckpointError (different metadata)."""
+    batch = zoo.make_batch("tiny", 4, 64)
+    make = zoo.factory("tiny", dropout=0.1)   # dropout: rule 1 must hold in the recomputation too
+    ck = measure_step(make, batch, precision=precision, checkpointing=True, mode=mode, semantics="cuda")
+    plain = measure_step(make, batch, precision=precision, checkpointing=False, mode=mode, semantics="cuda")
+    assert ck.peak < plain.peak
+    assert ck.buckets["activations"] < plain.buckets["activations"]
+    assert ck.label.startswith("simulated CUDA")
+
+
+def test_cuda_semantics_restores_checkpoint_after_the_context():
+    import torch.utils.checkpoint as ckpt
+    before = ckpt._run_fn_with_dynamo_disabled
+    with cuda_rules.simulate("amp-bf16"):
+        assert ckpt._run_fn_with_dynamo_disabled is not before
+    assert ckpt._run_fn_with_dynamo_disabled is before
+
+
+def test_rule_sdpa_applies_cuda_autocast_before_choosing_the_kernel():
+    """CUDA autocast casts scaled_dot_product_attention's floating inputs to its dtype
+    (lower_precision_fp) before the kernel is chosen: fp32 q, k, v under bf16 autocast run flash in
+    bf16 (out bf16, logsumexp (B, H, T) unpadded), not the fp32 memory-efficient kernel."""
+    B, H, T, hd = 2, 4, 40, 16
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, T, hd, requires_grad=True) for _ in range(3))
+    f = lambda a, b, c: F.scaled_dot_product_attention(a, b, c, is_causal=True)  # noqa: E731
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cuda, out = _saved_bytes(f, "cuda", q, k, v, precision="amp-bf16")
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=True)   # CPU autocast: bf16 too
+    assert out.dtype == ref.dtype == torch.bfloat16
+    # saved: the bf16 copies of q, k, v (made by the autocast cast), out (bf16), logsumexp (fp32)
+    assert cuda == 3 * B * H * T * hd * 2 + B * H * T * hd * 2 + B * H * T * 4
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.float32

@@ -195,8 +195,22 @@ class CudaLikeSDPA(torch.autograd.Function):
         return dq, dk, dv, None, None, None
 
 
+def _autocast_lower_precision(*tensors):
+    """CUDA autocast's ``lower_precision_fp`` policy for scaled_dot_product_attention
+    (aten/src/ATen/autocast_mode.cpp): floating inputs other than float64 are cast to the autocast
+    dtype. The simulation runs under CPU autocast, whose dtype stands for the CUDA one."""
+    if not torch.is_autocast_enabled("cpu"):
+        return tensors
+    dtype = torch.get_autocast_dtype("cpu")
+    return tuple(t.to(dtype) if _eligible(t) and t.dtype != dtype else t for t in tensors)
+
+
 def _cuda_like_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                     enable_gqa=False):
+    # autocast acts on the dispatcher's aten::scaled_dot_product_attention, which this function
+    # replaces before the dispatcher is reached: apply CUDA's policy for it here, as CUDA would
+    # before choosing a kernel (the kernel, the saved q, k, v, out then have autocast's dtype)
+    query, key, value, attn_mask = _autocast_lower_precision(query, key, value, attn_mask)
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         # the kernels take an additive float mask; CUDA converts a bool mask the same way
         attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(~attn_mask, float("-inf"))
@@ -206,11 +220,44 @@ def _cuda_like_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
 
 
 class CudaSemantics(TorchFunctionMode):
-    """Apply rules 1, 2 and 5 to every torch function call inside the context."""
+    """Apply rules 1, 2 and 5 to every torch function call inside the context.
+
+    Gradient checkpointing: torch.utils.checkpoint (non-reentrant) recomputes a block inside an
+    unpack hook during backward, where the autograd engine runs with an empty torch-function mode
+    stack. Left alone, the recomputation would run the CPU kernels (CPU attention, CPU dropout)
+    while the first forward ran the rules, and checkpoint rejects the mismatch (CheckpointError:
+    different metadata). While this mode is entered, the recomputation runs under the same rules.
+    """
 
     def __init__(self, precision: str = "fp32"):
         super().__init__()
+        self.precision = precision
         self.amp = precision.startswith("amp")
+        self._patched = None
+
+    def __enter__(self):
+        out = super().__enter__()
+        import torch.utils.checkpoint as ckpt
+        run = getattr(ckpt, "_run_fn_with_dynamo_disabled", None)
+        if run is not None and self._patched is None:
+            precision = self.precision
+
+            def run_with_rules(fn, *args, **kwargs):
+                from torch.overrides import _get_current_function_mode_stack
+                if any(isinstance(m, CudaSemantics) for m in _get_current_function_mode_stack()):
+                    return run(fn, *args, **kwargs)
+                with CudaSemantics(precision):
+                    return run(fn, *args, **kwargs)
+            ckpt._run_fn_with_dynamo_disabled = run_with_rules
+            self._patched = (ckpt, run)
+        return out
+
+    def __exit__(self, *exc):
+        if self._patched is not None:
+            ckpt, run = self._patched
+            ckpt._run_fn_with_dynamo_disabled = run
+            self._patched = None
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

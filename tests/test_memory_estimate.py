@@ -198,17 +198,6 @@ def test_table_and_to_dict():
 
 
 # ---------------------------------------------------------------------- against the tracker
-# Known gap: with checkpointing, the peak can fall while a block is recomputed, and in 16-bit
-# (autocast casts, ATen's CPU attention math path) or NF4 layers the estimator does not know
-# exactly which of the recomputation's intermediates are still referenced (estimate.replay_step).
-# Measured worst case +4.6% (tracked in the report); the bound is kept close so a regression shows.
-RECOMPUTE_BOUND = 5.0
-
-
-def _known_recompute_gap(r) -> bool:
-    return r["checkpointing"] and (r["precision"] != "fp32" or r["method"] == "qlora")
-
-
 @pytest.fixture(scope="module")
 def grid():
     set_seed(0)
@@ -219,10 +208,10 @@ def grid():
     # true roberta-base shapes (fake tensors), one sequence length, no checkpointing
     rows += accuracy_grid(models=(("roberta-base", {}),), precisions=("amp-bf16",), seqs=(128,),
                           checkpointing=(False,), semantics="cpu")
-    # simulated CUDA (cuda_rules): setups the simulation supports today (see the report: it cannot
-    # checkpoint, and does not apply autocast to its attention kernel)
+    # simulated CUDA (cuda_rules), with and without checkpointing (the recomputation runs under
+    # the same rules; CUDA autocast's cast applies to the simulated attention kernel)
     rows += accuracy_grid(methods=("full", "lora"), precisions=("fp32", "amp-bf16", "bf16"),
-                          seqs=(128,), checkpointing=(False,), semantics="cuda")
+                          seqs=(128,), checkpointing=(False, True), semantics="cuda")
     print("\n" + format_grid(rows))
     return rows
 
@@ -240,11 +229,9 @@ def test_peak_within_2_percent_without_checkpointing(grid):
 
 def test_peak_within_2_percent_with_checkpointing(grid):
     rows = [r for r in grid if r["checkpointing"]]
-    for r in rows:
-        bound = RECOMPUTE_BOUND if _known_recompute_gap(r) else 2.0
-        assert abs(r["error"]) <= bound, r
-    within = sum(abs(r["error"]) <= 2.0 for r in rows)
-    print(f"checkpointing: {within}/{len(rows)} setups within 2%")
+    assert rows and any(r["semantics"] == "cuda" for r in rows)
+    worst = max(rows, key=lambda r: abs(r["error"]))
+    assert abs(worst["error"]) <= 2.0, worst
 
 
 @pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])

@@ -626,7 +626,6 @@ class _Walk:
         self.cache_block: dict[int, int] = {}  # autocast cache made inside each block
         self.anchors: list[_T] = []            # tensors the model code keeps referenced
         self._keep: Optional[list] = None      # intermediates a C++ function keeps until it returns
-        self.fwd_only: set = set()
         self.kept: list[_T] = []               # tensors the model's output holds until backward ends
         self.fwd_peak = 0
         self.recompute_trace: dict[int, list] = {}   # per block: (saved + in flight, op saves?)
@@ -634,6 +633,7 @@ class _Walk:
         self.block_held = 0
         self.anchor_base = 0
         self.block_input = -1
+        self.block_input_pre_saved = False     # the block's input was saved before the block began
         self.bias = {n: b for n, _, _, b in linear_layers(ctx.spec)}
 
     # ---------------------------------------------------------------- bookkeeping
@@ -655,11 +655,9 @@ class _Walk:
         self._pending.append((self._held_sid[key], nbytes, "weight_copies"))
 
     def arg_anchor(self, t: _T) -> None:
-        """A module's argument (a norm's output), referenced until the module returns. Counted in
-        the forward pass; not when checkpointing recomputes the block (measured: the
-        recomputation's peak does not hold it -- an approximation, see accuracy_grid)."""
+        """A module's argument (a norm's output), referenced until the module returns, in the
+        forward pass and when checkpointing recomputes the block."""
         self.anchors.append(t)
-        self.fwd_only.add(t.sid)
 
     def to_cache(self, key: str, nbytes: int) -> None:
         if key not in self.cache:
@@ -686,18 +684,35 @@ class _Walk:
             sum(b for k, b in self.held.items() if k not in self.cache)
         self.fwd_peak = max(self.fwd_peak, now)
         if self.block >= 0:   # the same inside the block alone: what recomputing it holds
+            # (a module's argument, e.g. a norm's output, is referenced during the recomputation
+            # as in the forward pass: the module holds it until it returns)
             inner = [t for t in (*ins, *alive) if t.sid != self.block_input] + \
-                [t for t in self.anchors[self.anchor_base:] if t.sid not in self.fwd_only]
+                list(self.anchors[self.anchor_base:])
             held_blk = sum(b for k, b in self.held.items() if k not in self.cache) - self.block_held
-            blk = (self.total() - self.block_start) + in_flight(inner) + \
+            # the block's input, when an op of the block saves it (a norm), is the tensor the
+            # checkpoint keeps: the backward replay counts it already
+            own_input = self.saved.get(self.block_input, 0) if self.block_input_saved_in_block() else 0
+            base = (self.total() - self.block_start - own_input) + \
                 self.cache_block.get(self.block, 0) + held_blk
-            # torch.utils.checkpoint stops recomputing after the block's last saving op
-            self.recompute_trace.setdefault(self.block, []).append((blk, op.unpacks))
+            blk = base + in_flight(inner)
+            # torch.utils.checkpoint stops recomputing at the pack of the last saved tensor. An
+            # ATen op saves its inputs before its kernel runs (VariableType: SavedVariable of the
+            # inputs, then the call): if the block's last saving op saves inputs only, the
+            # recomputation stops before its outputs and workspace are allocated.
+            ins_sids = {t.sid for t in ins}
+            inputs_only = bool(op.saves) and all(sid in ins_sids or bucket != "activations"
+                                                 for sid, _, bucket in op.saves)
+            seen = {t.sid: t.nbytes for t in inner if t.sid not in self.saved}
+            blk_at_pack = base + sum(seen.values()) if inputs_only else blk
+            self.recompute_trace.setdefault(self.block, []).append((blk, op.unpacks, blk_at_pack))
         if any(o.grad for o in outs) or op.saves:
             self.ops.append(op)
 
     def total(self) -> int:
         return sum(self.saved.values())
+
+    def block_input_saved_in_block(self) -> bool:
+        return self.block_input in self.saved and not self.block_input_pre_saved
 
     def cast(self, x: _T, el: int) -> _T:
         if x.el == el:
@@ -788,7 +803,9 @@ class _Walk:
         self.dequant = max(self.dequant, dq)
         xc = self.cast(x, cd)
         y = _T(rows * fout, cd, x.grad)
-        self.record("nf4_linear", [xc], [y], work=dq, fwd_work=dq, alive=[x])
+        # in forward the decoded weight (n elements in the compute dtype) is F.linear's input: it
+        # is alive while the output is written
+        self.record("nf4_linear", [xc], [y], work=dq, fwd_work=max(dq, n * cd + y.nbytes), alive=[x])
         return self.cast(y, x.el)
 
     def _lora(self, x: _T, y: _T, name: str, fin: int, fout: int, rows: int) -> _T:
@@ -1192,9 +1209,22 @@ def _recompute_peaks(trace: dict) -> dict:
     checkpointing stops early: ops after the last one that saves a tensor are not rerun."""
     out = {}
     for blk, steps in trace.items():
-        last = max((i for i, (_, saves) in enumerate(steps) if saves), default=-1)
-        out[blk] = max((b for b, _ in steps[:last + 1]), default=0)
+        last = max((i for i, (_, saves, _) in enumerate(steps) if saves), default=-1)
+        if last < 0:
+            out[blk] = 0
+            continue
+        # the last saving op counts only up to its pack (see _Walk.record)
+        out[blk] = max([b for b, _, _ in steps[:last]] + [steps[last][2]])
     return out
+
+
+def _input_grad_leaf(w: "_Walk", x: _T, full: bool, emb_grad: bool) -> None:
+    """enable_input_require_grads() on frozen embeddings: the hook calls requires_grad_() on the
+    embedding output, a tensor without history, which makes it a *leaf* that requires grad. The
+    graph's AccumulateGrad node references it until backward frees the graph (measured: it is
+    alive at the start of backward)."""
+    if emb_grad and not full:
+        w.kept.append(x)
 
 
 def forward_walk(ctx: _Ctx) -> _Forward:
@@ -1226,12 +1256,14 @@ def forward_walk(ctx: _Ctx) -> _Forward:
             w.save(_T(N, 8, False), "embedding indices")         # position ids (from input ids)
             w.save(_T(N, 8, False), "embedding indices")         # token type ids (buffer, expanded)
         x = w.embedding(e + "word_embeddings.weight", N, s.vocab * d, full, emb_grad)
+        _input_grad_leaf(w, x, full, emb_grad)
         x = w.add(x, w.embedding(e + "token_type_embeddings.weight", N, s.type_vocab * d, full, False))
         x = w.add(x, w.embedding(e + "position_embeddings.weight", N, s.positions * d, full, False))
         x = w.layernorm(x, full, e + "LayerNorm")
         x = w.dropout(x, ctx.p_hidden)
     else:
         x = w.embedding("model.embed_tokens.weight", N, s.vocab * d, full, emb_grad)
+        _input_grad_leaf(w, x, full, emb_grad)
         hd = s.head_dim
         # rotary cos, sin (1, T, hd) in the activation dtype (computed in no_grad, saved by the muls)
         w.save(_T(ctx.T * hd, r_el, False), "rotary cos/sin")
@@ -1251,6 +1283,7 @@ def forward_walk(ctx: _Ctx) -> _Forward:
             ckpt_sids.append(x.sid)
         w.anchors.append(x)                 # the caller holds the block's input
         w.block_start, w.anchor_base, w.block_input = w.total(), len(w.anchors), x.sid
+        w.block_input_pre_saved = x.sid in w.saved
         w.block_held = sum(b for k, b in w.held.items() if k not in w.cache)
         x = block_fn(w, x, i)
         w.anchors.pop()
@@ -1299,7 +1332,8 @@ def forward_walk(ctx: _Ctx) -> _Forward:
                     ckpt_inputs=ckpt_inputs, ckpt_sids=ckpt_sids, cache_block=dict(w.cache_block), held_keys=dict(w.held),
                     cache_keys=dict(w.cache), fwd_peak=w.fwd_peak,
                     recompute_peak=_recompute_peaks(w.recompute_trace),
-                    kept=sum({t.sid: t.nbytes for t in w.kept if t.sid not in w.saved}.values()))
+                    kept=sum({t.sid: t.nbytes for t in w.kept
+                              if t.sid not in w.saved and t.sid not in ckpt_sids}.values()))
 
 
 # ====================================================================================

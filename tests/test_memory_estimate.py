@@ -208,6 +208,11 @@ def grid():
     # true roberta-base shapes (fake tensors), one sequence length, no checkpointing
     rows += accuracy_grid(models=(("roberta-base", {}),), precisions=("amp-bf16",), seqs=(128,),
                           checkpointing=(False,), semantics="cpu")
+    # LLaMA (transformers, reduced size; built for training with use_cache=False), CPU semantics
+    llama = dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, intermediate_size=256,
+                 vocab_size=512)
+    rows += accuracy_grid(models=(("llama-7b", llama),), precisions=("fp32", "amp-bf16"), seqs=(64,),
+                          semantics="cpu")
     # simulated CUDA (cuda_rules), with and without checkpointing (the recomputation runs under
     # the same rules; CUDA autocast's cast applies to the simulated attention kernel)
     rows += accuracy_grid(methods=("full", "lora"), precisions=("fp32", "amp-bf16", "bf16"),

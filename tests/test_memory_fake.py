@@ -200,3 +200,21 @@ def test_rule_sdpa_applies_cuda_autocast_before_choosing_the_kernel():
     assert cuda == 3 * B * H * T * hd * 2 + B * H * T * hd * 2 + B * H * T * 4
     out.float().sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.float32
+
+
+def test_llama_is_built_for_training_without_a_kv_cache():
+    assert zoo.hf_config("llama-7b").use_cache is False
+    assert zoo.hf_config("llama-7b", use_cache=True).use_cache is True
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_llama_fake_step_equals_the_cpu_step(checkpointing):
+    """Without a KV cache transformers reads the position ids to detect packed sequences; on fake
+    tensors it cannot, and would build a (B, 1, T, T) mask a real run never builds."""
+    kw = dict(num_hidden_layers=1, hidden_size=64, num_attention_heads=2, intermediate_size=128,
+              vocab_size=256)
+    batch = zoo.make_batch("llama-7b", 2, 32, vocab_size=256)
+    cpu = measure_step(zoo.factory("llama-7b", **kw), batch, mode="cpu", checkpointing=checkpointing)
+    fake = measure_step(zoo.factory("llama-7b", **kw), batch, mode="fake", checkpointing=checkpointing)
+    assert fake.peak == cpu.peak
+    assert fake.buckets == cpu.buckets

@@ -81,8 +81,8 @@ saves the 16-bit cast of its input (N*in*2, fp32 adapters under autocast; the in
 and its rank-r intermediate (N*r*e). Block 0 of a LoRA model saves less: its input (frozen
 embeddings) needs no gradient. QLoRA's NF4 layers save nothing: the weight is decoded again in
 backward (6 bytes per weight of the layer while decoding: int32 codes + fp32 levels, transient).
-transformers' LLaMA keeps a KV cache (use_cache) of k and v in k's dtype (fp32 under autocast,
-after rotary) until the step's output is dropped.
+transformers' LLaMA is built for training with ``use_cache=False`` (minigpt.memory.zoo), as
+fine-tuning configs do: no KV cache is kept.
 
 Gradient checkpointing (per block, ``torch.utils.checkpoint``, non-reentrant) keeps each block's
 input (N*d*r) and recomputes one block at a time in backward.
@@ -1003,11 +1003,7 @@ class _Walk:
             self.save(_T(T * T, 1, False), "attention causal mask")   # ~mask, saved by masked_fill
         pv_el = el if (family == "llama" or c.amp) else probs_el
         qq, kk, vv = (self.cast(q, 2), self.cast(k, 2), self.cast(v, 2)) if c.amp else (q, k, v)
-        # LLaMA's KV cache (no checkpointing) hands attention contiguous k and v: bmm reads them
-        # (and k^T) as they are, no reshape copies
-        contiguous_kv = family == "llama" and not c.checkpointing
-        return self._matmuls(qq, kk, vv, el, probs_el, pv_el, p, family == "llama", q.el, causal,
-                             contiguous_kv=contiguous_kv)
+        return self._matmuls(qq, kk, vv, el, probs_el, pv_el, p, family == "llama", q.el, causal)
 
     def _matmuls(self, q: _T, k: _T, v: _T, el: int, probs_el: int, pv_el: int, p: float,
                  llama: bool, q_el: int, causal: bool, math: bool = False,
@@ -1136,12 +1132,7 @@ def _block_llama(w: _Walk, x: _T, i: int) -> _T:
     # q and k are fp32 (type promotion), and attention casts them back to 16 bits.
     r_el = c.wb
     q, k = w.new_like(q, max(q.el, r_el)), w.new_like(k, max(k.el, r_el))
-    if not c.checkpointing:
-        # use_cache defaults to config.use_cache (True): a DynamicCache stores
-        # torch.cat([empty (k's dtype), k]) and the same for v -- new tensors in k's dtype (fp32
-        # under autocast), held by the model output until backward ends. Attention reads them.
-        k, v = w.new_like(k), w.new_like(v, k.el)
-        w.kept += [k, v]
+    # (no KV cache: zoo builds LLaMA for training with use_cache=False, as fine-tuning configs do)
     if s.n_kv_head != s.n_head and c.attention == "eager":      # repeat_kv copies
         k, v = w.new_like(k, numel=q.numel), w.new_like(v, numel=q.numel)
     y = w.attention(q, k, v, True, c.attention, "llama")

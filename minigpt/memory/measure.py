@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -325,6 +326,25 @@ class Session:
     def _ctx(self):
         return self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
 
+    def _step_ctx(self):
+        """Fake mode: what the model code would decide from values it cannot read on fake tensors.
+
+        transformers (masking_utils.find_packed_sequence_indices) reads the position ids that a
+        model without a KV cache makes itself (``arange`` per row) to detect packed sequences; on
+        fake tensors it cannot, assumes packing and materialises a (B, 1, T, T) mask that a real
+        run never builds (SDPA then gets a mask instead of ``is_causal``). When the batch brings no
+        position ids of its own, the model's are one sequence per row: say so.
+        """
+        stack = contextlib.ExitStack()
+        mu = sys.modules.get("transformers.masking_utils")
+        has_pos = isinstance(self.batch, dict) and "position_ids" in self.batch
+        if self.fake_mode is not None and mu is not None and not has_pos \
+                and hasattr(mu, "find_packed_sequence_indices"):
+            orig = mu.find_packed_sequence_indices
+            mu.find_packed_sequence_indices = lambda position_ids: None
+            stack.callback(setattr, mu, "find_packed_sequence_indices", orig)
+        return stack
+
     def _autocast(self):
         if self.precision in ("amp-fp16", "amp-bf16"):
             return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
@@ -342,7 +362,7 @@ class Session:
 
         rules = (cuda_rules.simulate(self.precision) if self.semantics == "cuda" and self.mode != "cuda"
                  else contextlib.nullcontext())
-        with self._ctx(), rules:
+        with self._ctx(), rules, self._step_ctx():
             self.opt.zero_grad(set_to_none=True)
             with (tracker if tracker is not None else contextlib.nullcontext()):
                 phase("forward")

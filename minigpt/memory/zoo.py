@@ -83,6 +83,10 @@ def hf_config(name: str, attn_implementation: str = "sdpa", **overrides):
     if kind == "llama":
         from transformers import LlamaConfig as C
         spec.setdefault("tie_word_embeddings", False)
+        # training, not generation: fine-tuning configs switch the KV cache off (with the default
+        # use_cache=True, LlamaModel builds a DynamicCache whose k and v copies the output holds
+        # through backward). Pass use_cache=True to see that cost.
+        spec.setdefault("use_cache", False)
     elif kind == "roberta":
         from transformers import RobertaConfig as C
     else:

@@ -274,14 +274,16 @@ def test_trace_cache_is_used_only_for_the_same_code(tmp_path):
 
 
 def test_the_claims_written_around_the_numbers_hold():
-    """Sentences in file 03 that compare generated figures ("exceeds", "not smaller", "did not
+    """Sentences in file 03 that compare generated figures ("exceeds", "barely smaller", "did not
     reproduce") are only true while the traces say so: check each comparison."""
     act = lambda t: t["phases"]["forward"]["buckets"]["activations"]  # noqa: E731
     full, qv = docs.trace(**docs.MINI), docs.trace(**docs.MINI, method="lora")
     al = docs.trace(**docs.MINI, method="lora", **docs.ADAPT)
     ql = docs.trace(**docs.MINI, method="qlora", **docs.ADAPT)
     assert act(qv) < act(full) < act(al), "LoRA q,v saves activations, all-linear exceeds full"
-    assert ql["peak"] > al["peak"], "QLoRA is not smaller than LoRA on MiniGPT-85M"
+    assert al["peak"] * 0.9 < ql["peak"] < al["peak"], "QLoRA is barely smaller than LoRA on MiniGPT-85M"
+    assert ql["buckets"]["activations"] > al["buckets"]["activations"] and act(ql) > act(al), \
+        "QLoRA's activations are larger than LoRA's (fp32 after each NF4 layer)"
     assert full["buckets"]["activations"] > full["peak"] / 2, "MiniGPT-85M: activations dominate the peak"
     l_full = docs.trace(**docs.LLAMA)
     assert l_full["peak_phase"] == "optimizer", "the full LLaMA-7B peak falls in the optimizer step"

@@ -22,7 +22,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import torch
 
@@ -213,12 +213,29 @@ def majority_baseline(reviews: Sequence[Review]) -> float:
     return max(pos, len(reviews) - pos) / len(reviews)
 
 
+class ClassificationBatch(NamedTuple):
+    """One batch of ``classification_batches``: unpacks as ``idx, lengths, labels``.
+
+    ``GPTClassifier.forward`` takes ``(idx, labels, lengths)``, another order, so do not call
+    ``model(*batch)``; ``model(*batch.forward_args())`` or ``model(**batch._asdict())`` is right.
+    """
+    idx: torch.Tensor       # (B, T) token ids, right-padded with spaces
+    lengths: torch.Tensor   # (B,) real tokens per row
+    labels: torch.Tensor    # (B,) 0 = rotten, 1 = fresh
+
+    def forward_args(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(idx, labels, lengths): the positional order of GPTClassifier.forward (and of a
+        get_batch for ``minigpt.train.train``)."""
+        return self.idx, self.labels, self.lengths
+
+
 def classification_batches(reviews: Sequence[Review], batch_size: int, max_len: int,
                            tokenizer: Optional[CharTokenizer] = None, shuffle: bool = False,
                            generator: Optional[torch.Generator] = None
-                           ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield (idx (B, T), lengths (B,), labels (B,)); texts are truncated to max_len
-    characters and right-padded with spaces to the longest row of the batch."""
+                           ) -> Iterator[ClassificationBatch]:
+    """Yield ClassificationBatch(idx (B, T), lengths (B,), labels (B,)); texts are truncated to
+    max_len characters and right-padded with spaces to the longest row of the batch.
+    For GPTClassifier use ``batch.forward_args()``, which is ``(idx, labels, lengths)``."""
     if not reviews:
         raise ValueError("No reviews given: the data set is empty.")
     tokenizer = tokenizer or CharTokenizer()
@@ -234,4 +251,4 @@ def classification_batches(reviews: Sequence[Review], batch_size: int, max_len: 
             idx[k, :len(x)] = torch.tensor(x)
         lengths = torch.tensor([len(x) for x in ids])
         labels = torch.tensor([r.label for r in rows])
-        yield idx, lengths, labels
+        yield ClassificationBatch(idx, lengths, labels)

@@ -326,16 +326,26 @@ class GPT(nn.Module):
 
 
 class GPTClassifier(nn.Module):
-    """A GPT body with a classification head on the last real token of each sequence.
+    """A GPT body with a classification head on a pooled hidden state of each sequence.
 
     ``forward(idx, labels=None, lengths=None) -> (logits, loss)``; ``lengths`` (B,) gives the
-    number of real tokens per row when sequences are right-padded. The head is named
-    ``classifier`` so LoRA's ``trainable=("classifier",)`` keeps it trainable.
+    number of real tokens per row when sequences are right-padded. ``pooling`` chooses what the
+    head reads: ``"last"`` (default) the hidden state of the last real token, ``"mean"`` the mean
+    of the hidden states of the real tokens (padding excluded). The head is named ``classifier``
+    so LoRA's ``trainable=("classifier",)`` keeps it trainable.
+
+    ``minigpt.data.classification_batches`` yields ``(idx, lengths, labels)``, a different order:
+    call ``model(*batch.forward_args())`` or ``model(**batch._asdict())`` rather than ``model(*batch)``.
     """
 
-    def __init__(self, gpt: GPT, n_classes: int = 2):
+    POOLINGS = ("last", "mean")
+
+    def __init__(self, gpt: GPT, n_classes: int = 2, pooling: str = "last"):
         super().__init__()
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"Unknown pooling {pooling!r}; use one of {', '.join(self.POOLINGS)}.")
         self.gpt = gpt
+        self.pooling = pooling
         self.classifier = nn.Linear(gpt.config.n_embd, n_classes)
         if not self.classifier.weight.is_meta:
             nn.init.normal_(self.classifier.weight, std=0.02)
@@ -345,8 +355,13 @@ class GPTClassifier(nn.Module):
                 lengths: Optional[torch.Tensor] = None):
         x = self.gpt.hidden_states(idx)                                  # (B, T, C)
         B, T = idx.shape
-        last = (lengths - 1) if lengths is not None else torch.full((B,), T - 1, device=idx.device)
-        pooled = x[torch.arange(B, device=idx.device), last]             # (B, C)
+        if lengths is None:
+            lengths = torch.full((B,), T, device=idx.device)
+        if self.pooling == "mean":
+            mask = (torch.arange(T, device=idx.device)[None, :] < lengths[:, None]).to(x.dtype)  # (B, T)
+            pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)                   # (B, C)
+        else:
+            pooled = x[torch.arange(B, device=idx.device), lengths - 1]  # (B, C)
         logits = self.classifier(pooled)                                 # (B, n_classes)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         return logits, loss

@@ -191,3 +191,23 @@ def test_cards_state_the_installed_version_licence_and_split_seed(card, dist):
     else:
         assert all(p.replace("-", " ").title().replace(" ", "") in text.replace(" ", "")
                    for p in VAL_PLAYS + TEST_PLAYS)
+
+
+def test_classification_batches_unpack_as_before_and_give_the_classifier_its_order():
+    from minigpt.data import ClassificationBatch, Review, classification_batches
+    from minigpt.model import GPTClassifier, from_preset
+    reviews = [Review("a dull, lifeless film", 0, "m1"), Review("great", 1, "m2"), Review("", 1, "m3")]
+    batch = next(classification_batches(reviews, 3, max_len=8))
+    assert isinstance(batch, ClassificationBatch)
+    idx, lengths, labels = batch                      # the old tuple order still unpacks
+    assert idx.shape == (3, 8) and lengths.tolist() == [8, 5, 1] and labels.tolist() == [0, 1, 1]
+    assert CharTokenizer().decode(idx[1]) == "great   "
+    args = batch.forward_args()                       # GPTClassifier.forward's order
+    assert args[0] is idx and args[1] is labels and args[2] is lengths
+    torch.manual_seed(0)
+    clf = GPTClassifier(from_preset("tiny")).eval()
+    with torch.no_grad():
+        expected = clf(idx, labels, lengths)
+        for got in (clf(*batch.forward_args()), clf(**batch._asdict())):
+            torch.testing.assert_close(got[0], expected[0])
+            torch.testing.assert_close(got[1], expected[1])

@@ -123,6 +123,27 @@ def test_classifier_shapes_and_padding_is_ignored():
     assert clf(idx)[1] is None
 
 
+def test_classifier_mean_pooling_averages_the_real_tokens_only():
+    set_seed(0)
+    clf = GPTClassifier(from_preset("tiny"), n_classes=2, pooling="mean").eval()
+    idx = torch.randint(79, (3, 16))
+    lengths = torch.tensor([16, 7, 1])
+    logits = clf(idx, lengths=lengths)[0]
+    with torch.no_grad():
+        h = clf.gpt.hidden_states(idx)
+        expected = torch.stack([clf.classifier(h[row, :n].mean(0)) for row, n in enumerate(lengths.tolist())])
+    torch.testing.assert_close(logits, expected)
+    padded = idx.clone()
+    for row, n in enumerate(lengths.tolist()):
+        padded[row, n:] = 0
+    torch.testing.assert_close(clf(padded, lengths=lengths)[0], logits)
+    # without lengths every token is real
+    torch.testing.assert_close(clf(idx)[0], clf.classifier(clf.gpt.hidden_states(idx).mean(1)))
+    assert GPTClassifier(from_preset("tiny")).pooling == "last"   # the default is unchanged
+    with pytest.raises(ValueError, match="pooling"):
+        GPTClassifier(from_preset("tiny"), pooling="max")
+
+
 # ------------------------------------------------------------------------- clear errors
 def test_unknown_preset_is_one_clear_error():
     with pytest.raises(ValueError, match=r"Unknown preset 'gpt-5'; choose one of: tiny, small"):

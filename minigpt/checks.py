@@ -224,15 +224,21 @@ def check(name: str, *, what: str | None = None, hint: str | None = None) -> Ite
 
 # --- fallback -------------------------------------------------------------------------------
 def fallback(learner: Callable[[], T], reference: Callable[[], T], *, name: str,
-             allow_none: bool = False) -> T:
+             allow_none: bool = False, check: str | None = None) -> T:
     """Return ``learner()``; if it raises (an unsolved exercise) or returns None, print a note and
-    return ``reference()`` instead, so the cells after an exercise always run."""
+    return ``reference()`` instead, so the cells after an exercise always run.
+
+    With ``check`` (a check's name), the learner's result is also replaced while that check has not
+    passed: a wrong answer that does not raise would otherwise break the cells after it."""
     why = None
     try:
         result = learner()
-        if result is not None or allow_none:
+        if check is not None and not passed(check):
+            why = f"check {check} has not passed, so your result is not used here"
+        elif result is not None or allow_none:
             return result
-        why = "your code returned None (a missing `return`?)"
+        else:
+            why = "your code returned None (a missing `return`?)"
     except Exception as exc:
         if isinstance(exc, NotImplementedError) or isinstance(exc, NameError):
             why = "your exercise is not done yet"

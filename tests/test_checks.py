@@ -145,6 +145,20 @@ def test_fallback_uses_the_reference_only_when_the_exercise_is_not_done(capsys):
     assert [r["name"] for r in checks._RECORDS if r["kind"] == "fallback"] == ["lora_forward", "g", "h"]
 
 
+def test_fallback_tied_to_a_check_replaces_a_wrong_answer_that_does_not_raise(capsys):
+    """A learner's wrong result (here 0) would make later cells fail far from the exercise."""
+    checks.start_lab("05")
+    checks.check_equal("ex3-bytes", 0, 384, what="bytes")
+    capsys.readouterr()
+    assert checks.fallback(lambda: 0, reference=lambda: 384, name="scores_bytes", check="ex3-bytes") == 384
+    assert lines(capsys) == ["ℹ 05 scores_bytes: using the reference implementation because check ex3-bytes "
+                             "has not passed, so your result is not used here."]
+    assert checks.fallback(lambda: 1 / 0, reference=lambda: 384, name="s", check="ex3-bytes") == 384
+    assert "raised ZeroDivisionError" in lines(capsys)[0]   # an exception still says what went wrong
+    checks.check_equal("ex3-bytes", 384, 384)   # fixed and checked again: the learner's result is used
+    assert checks.fallback(lambda: 385, reference=lambda: 384, name="scores_bytes", check="ex3-bytes") == 385
+
+
 def test_summary_counts_the_latest_run_of_each_check(capsys):
     checks.start_lab("04")
     checks.check_equal("ex1", 1, 2)

@@ -217,6 +217,15 @@ def grid():
     # the same rules; CUDA autocast's cast applies to the simulated attention kernel)
     rows += accuracy_grid(methods=("full", "lora"), precisions=("fp32", "amp-bf16", "bf16"),
                           seqs=(128,), checkpointing=(False, True), semantics="cuda")
+    # LoRA / QLoRA on every linear layer (the MLP's up/down projections too) of the true `small`
+    # preset at lab 04's batch (4 x 64): three MLP-wide gradients at the down projection's input
+    # (x@A.T's, the frozen layer's, their out-of-place sum), the fp32 x.to(A.dtype) under
+    # autocast, NF4's decoded weight beside its input gradient
+    small_all = dict(models=(("small", {}),), seqs=(64,), batch=4, targets="all-linear")
+    rows += accuracy_grid(methods=("lora", "qlora"), precisions=("fp32", "amp-bf16"),
+                          checkpointing=(False, True), semantics="cpu", **small_all)
+    rows += accuracy_grid(methods=("lora",), precisions=("amp-bf16",), checkpointing=(False, True),
+                          semantics="cuda", **small_all)
     print("\n" + format_grid(rows))
     return rows
 

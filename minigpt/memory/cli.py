@@ -232,22 +232,22 @@ def accuracy_grid(models: Sequence[tuple[str, dict]] = DEFAULT_GRID_MODELS,
 
 def format_row(r: dict) -> str:
     exact = "yes" if all(r["state_exact"].values()) else "NO"
-    return (f"{r['model']:<14}{r['method']:<7}{r['precision']:<10}{r['semantics']:<5}{r['seq']:>5} "
+    return (f"{r['model']:<14}{r['method']:<7}{r['precision']:<10}{r['semantics']:<5}{r['batch']:>3}{r['seq']:>5} "
             f"{'on' if r['checkpointing'] else 'off':>4}  {r['estimated'] / MiB:>10.3f} "
             f"{r['measured'] / MiB:>10.3f} {r['error']:>+8.2f}%  {exact:>6}")
 
 
 def format_grid(rows: list[dict]) -> str:
     """The grid as a table (MiB = 2**20 bytes) with the worst case underneath."""
-    head = (f"{'model':<14}{'method':<7}{'precision':<10}{'sem':<5}{'seq':>5} {'ckpt':>4}  {'est MiB':>10} "
+    head = (f"{'model':<14}{'method':<7}{'precision':<10}{'sem':<5}{'B':>3}{'seq':>5} {'ckpt':>4}  {'est MiB':>10} "
             f"{'meas MiB':>10} {'error':>9}  {'state exact':>6}")
-    lines = [f"estimate vs measure_step in fake mode (batch={rows[0]['batch'] if rows else '?'}; "
+    lines = [f"estimate vs measure_step in fake mode (B = batch; "
              f"MiB = 2**20 bytes; * = reduced size; sem = semantics of both)", head]
     lines += [format_row(r) for r in rows]
     if rows:
         worst = max(rows, key=lambda r: abs(r["error"]))
         lines.append(f"worst peak error: {worst['error']:+.2f}% ({worst['model']} {worst['method']} "
-                     f"{worst['precision']} seq={worst['seq']} checkpointing={worst['checkpointing']}); "
+                     f"{worst['precision']} batch={worst['batch']} seq={worst['seq']} checkpointing={worst['checkpointing']}); "
                      f"model-state buckets exact in {sum(all(r['state_exact'].values()) for r in rows)}"
                      f"/{len(rows)} setups")
     return "\n".join(lines)

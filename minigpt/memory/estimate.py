@@ -604,6 +604,7 @@ class _Op:
     block: int = -1            # transformer block (-1: outside the blocks)
     passthrough: bool = False  # add / view: the gradient is passed on, not computed
     unpacks: bool = False      # its backward reads saved tensors (parameters included)
+    work_before: int = 0       # backward transient freed before its gradients are written
 
 
 class _Walk:
@@ -666,9 +667,9 @@ class _Walk:
 
     def record(self, name: str, ins: Sequence[_T], outs: Sequence[_T], pgrads=(), work: int = 0,
                passthrough: bool = False, fwd_work: int = 0, alive: Sequence[_T] = (),
-               unpacks: bool = False) -> None:
+               unpacks: bool = False, work_before: int = 0) -> None:
         op = _Op(name, [x for x in ins if x.grad], list(outs), self._pending, list(pgrads), work,
-                 self.block, passthrough, bool(self._pending) or unpacks)
+                 self.block, passthrough, bool(self._pending) or unpacks, work_before)
         self._pending = []
         if self._keep is not None:
             alive = (*alive, *self._keep)
@@ -803,9 +804,11 @@ class _Walk:
         self.dequant = max(self.dequant, dq)
         xc = self.cast(x, cd)
         y = _T(rows * fout, cd, x.grad)
-        # in forward the decoded weight (n elements in the compute dtype) is F.linear's input: it
-        # is alive while the output is written
-        self.record("nf4_linear", [xc], [y], work=dq, fwd_work=max(dq, n * cd + y.nbytes), alive=[x])
+        # the decoded weight (n elements in the compute dtype) is the matmul's input: it is alive
+        # while the output is written (forward: y; backward: grad_out @ W, the input's gradient);
+        # the 6 B/weight decode peak is over before that output exists
+        self.record("nf4_linear", [xc], [y], work=n * cd, fwd_work=max(dq, n * cd + y.nbytes),
+                    alive=[x], work_before=dq)
         return self.cast(y, x.el)
 
     def _lora(self, x: _T, y: _T, name: str, fin: int, fout: int, rows: int) -> _T:
@@ -813,7 +816,12 @@ class _Walk:
         c = self.c
         r = c.rank
         ab = c.wb   # adapter dtype (fp32, or cast with a pure 16-bit model)
+        # the module's argument x, the base layer's output y and x.to(A.dtype) (the forward's
+        # local variables) are referenced until LoRALinear.forward returns
+        outer = self._keep
+        self._keep = [*(outer or ()), x, y]
         xa = self.cast(x, ab)              # x.to(A.dtype): an fp32 copy of a 16-bit x (not saved)
+        self._keep.append(xa)
         ka, kb = name + ".A", name + ".B"
         if c.amp:
             xl = self.cast(xa, 2)          # autocast: the 16-bit copy the matmul saves
@@ -838,7 +846,9 @@ class _Walk:
         scaled = _T(delta.numel, delta.el, True)
         self.record("scale", [delta], [scaled])          # * scaling: saves nothing
         out = self.add(y, scaled)                        # result + delta promotes
-        return self.cast(out, y.el)
+        out = self.cast(out, y.el)
+        self._keep = outer
+        return out
 
     def layernorm(self, x: _T, w_grad: bool, key: str = "") -> _T:
         """native_layer_norm saves its input, mean and rstd (one per row) when anything needs a
@@ -1397,8 +1407,10 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
 
     The backward pass is replayed over the forward's op list in reverse, as autograd runs it:
     each op allocates the gradients of its inputs (and of its parameters, plus any kernel
-    workspace), then frees the gradient of its output and the tensors it saved. A gradient that
-    reaches a tensor twice (a residual stream) is added in place. A parameter's gradient becomes
+    workspace), then frees the gradient of its output and the tensors it saved, and only then
+    hands the new gradients on. A gradient that reaches a tensor twice (a residual stream, a
+    layer's input read by its frozen weight and its LoRA adapter) is summed out of place: the sum
+    is a new tensor, briefly beside both parts. A parameter's gradient becomes
     a ``.grad`` (bucket gradients) once all its contributions are summed (the tied LM head and
     embedding contribute twice). Under autocast the 16-bit gradient of a weight is cast to fp32.
     With checkpointing, a block's saved tensors come back (recomputed) when backward reaches it.
@@ -1460,10 +1472,13 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
         if old is None:
             gbuf[id(x)] = buf
             return
-        if old[1] == 1 and buf[1] == 1:   # in-place add into the existing buffer
-            release(buf)
-            return
-        new = [old[0], 1]                  # out-of-place sum
+        # out-of-place sum: autograd's InputBuffer adds in place only into a plain dense tensor
+        # it holds the last reference to, and not into a view: a Linear's input gradient is a
+        # view of mm's output (reshaped back to (..., in)), a pass-through gradient is shared,
+        # and fake tensors (a tensor subclass) are never added in place. Tracked (fake and CPU):
+        # every accumulation in a MiniGPT backward is an add.Tensor, e.g. x@A.T's gradient + the
+        # frozen down_proj's: 3 MLP-wide tensors at once with LoRA on the MLP.
+        new = [old[0], 1]
         live.add("temporaries", new[0])
         live.check("backward")
         release(old)
@@ -1520,9 +1535,13 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
                 new_bufs.append((x, buf))
         pg = sum(n * ce for _, n, ce, _ in op.pgrads)
         live.add("temporaries", pg)
+        if op.work_before:   # (e.g. an NF4 decode, before the gradients it computes exist)
+            fresh = pg + sum(buf[0] for x, buf in new_bufs if buf is not out_buf)
+            live.check("backward", {"temporaries": op.work_before - fresh})
         live.check("backward", {"temporaries": op.work})
-        for x, buf in new_bufs:
-            give(x, buf)
+        # autograd's engine (evaluate_function): the node's incoming gradient goes when
+        # call_function returns and its saved tensors with release_variables(), both before
+        # the new gradients are added into the next nodes' input buffers
         for o in op.outs:
             buf = gbuf.pop(id(o), None)
             if buf is not None:
@@ -1533,6 +1552,8 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
                 if rc[sid] == 0:
                     live.add(size[sid][1], -size[sid][0])
                     del rc[sid]
+        for x, buf in new_bufs:
+            give(x, buf)
         for key, n, ce, fe in op.pgrads:
             if ce != fe:   # the 16-bit gradient of an autocast copy, cast to the weight's dtype
                 live.add("temporaries", n * fe)

@@ -17,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
-.PHONY: generate-labs start grade grade-all docs
+.PHONY: generate-labs start grade grade-all docs time-labs
 
 help:
 	@echo "make lab        install (first time only) and open JupyterLab on the course"
@@ -30,6 +30,7 @@ help:
 	@echo "make grade-all             grade every learner and print a summary table"
 	@echo "make generate-labs         write labs/ from solutions/ (authors)"
 	@echo "make docs                  recompute every generated figure in theory/ and solutions/0N-*-ref.md"
+	@echo "make time-labs             time every solution and unsolved lab, write the table into README.md"
 
 # --- installation -------------------------------------------------------------------------
 # conda/mamba when present (environment.yml), otherwise the standard library's venv.
@@ -94,6 +95,9 @@ LEARNER ?=
 GRADE_ARGS ?=
 generate-labs: $(STAMP)
 	$(PY) scripts/generate_labs.py $(if $(PRUNE),--prune,)
+
+time-labs: $(STAMP)
+	$(PY) scripts/time_labs.py
 
 start: $(STAMP)
 	@$(PY) -m minigpt.learner start "$(LEARNER)"

@@ -140,3 +140,29 @@ def test_make_lab_starts_jupyterlab(tmp_path):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
         log.close()
+
+
+def test_readme_runtime_table_names_every_lab_once():
+    """README's runtime table (written by `make time-labs`) covers exactly the labs that exist."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"<!-- gen:lab-runtimes -->(.*?)<!-- /gen:lab-runtimes -->", readme, re.S)
+    assert block, "README.md lost its <!-- gen:lab-runtimes --> block; run `make time-labs`"
+    rows = re.findall(r"^\| `([0-9]{2}-[a-z0-9-]+)` \| (\d+) s \| (\d+) s \|$", block.group(1), re.M)
+    labs = sorted(p.stem for p in (ROOT / "solutions").glob("[0-9][0-9]-*.ipynb"))
+    assert [r[0] for r in rows] == labs, "README's runtime table is stale; run `make time-labs`"
+    # the course's promise: every notebook within 3 minutes on the 2-core machine
+    assert all(int(sol) <= 180 and int(lab) <= 180 for _, sol, lab in rows), rows
+
+
+def test_each_lab_states_the_runtime_the_readme_table_measured():
+    """A lab's '**Runtime.** About N seconds' agrees with `make time-labs` (timings vary: within 1.5x)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    measured = {name: int(sol) for name, sol, _ in
+                re.findall(r"^\| `([0-9]{2}-[a-z0-9-]+)` \| (\d+) s \| (\d+) s \|$", readme, re.M)}
+    for path in sorted((ROOT / "solutions").glob("[0-9][0-9]-*.ipynb")):
+        intro = "".join(json.loads(path.read_text(encoding="utf-8"))["cells"][0]["source"])
+        stated = re.search(r"\*\*Runtime\.\*\* About (\d+) seconds on an idle 2-core CPU, measured with "
+                           r"`make time-labs`", intro)
+        assert stated, f"{path.name}: the intro must state '**Runtime.** About N seconds on an idle 2-core CPU, ...'"
+        n, m = int(stated.group(1)), measured[path.stem]
+        assert m / 1.5 <= n <= m * 1.5, f"{path.name} says about {n} s; make time-labs measured {m} s"

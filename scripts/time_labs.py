@@ -1,0 +1,77 @@
+"""Time every solution notebook and its generated lab, and write the table into README.md.
+
+    make time-labs            (= python scripts/time_labs.py)
+
+Each notebook runs top to bottom in a fresh kernel from its own folder, errors allowed (an
+unsolved lab raises in its exercise cells), and nothing is written back. The wall-clock times,
+the machine they were measured on and the date replace the block between
+``<!-- gen:lab-runtimes -->`` and ``<!-- /gen:lab-runtimes -->`` in README.md. Times depend on
+the machine and on what else it is doing: run it on an otherwise idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- gen:lab-runtimes -->", "<!-- /gen:lab-runtimes -->"
+
+
+def run_seconds(path: Path, kernel: str, timeout: int) -> float:
+    """Wall-clock seconds to execute ``path`` in a fresh kernel (errors allowed, not saved)."""
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, kernel_name=kernel, timeout=timeout, allow_errors=True,
+                            resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
+    client.execute()
+    return time.perf_counter() - t0
+
+
+def machine() -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    import torch
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"on {torch.get_num_threads()} threads, load average {load:.1f} at the start")
+
+
+def table(rows: list[tuple[str, float, float]], where: str) -> str:
+    lines = [f"Measured with `make time-labs` on {dt.date.today().isoformat()} ({where}); wall-clock "
+             "seconds for a fresh kernel running the notebook top to bottom.", "",
+             "| Lab | solution | your lab, unsolved |", "|---|---:|---:|"]
+    lines += [f"| `{name}` | {sol:.0f} s | {lab:.0f} s |" for name, sol, lab in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kernel", default="python3")
+    p.add_argument("--timeout", type=int, default=600, help="per-cell limit in seconds")
+    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    args = p.parse_args(argv)
+    where = machine()
+    rows = []
+    for sol in sorted((ROOT / "solutions").glob("[0-9][0-9]-*.ipynb")):
+        lab = ROOT / "labs" / sol.name
+        times = run_seconds(sol, args.kernel, args.timeout), run_seconds(lab, args.kernel, args.timeout)
+        rows.append((sol.stem, *times))
+        print(f"{sol.stem}: solution {times[0]:.0f} s, lab {times[1]:.0f} s", flush=True)
+    text = args.readme.read_text(encoding="utf-8")
+    block = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not block.search(text):
+        sys.exit(f"{args.readme} has no {START} ... {END} block; add one where the table belongs.")
+    args.readme.write_text(block.sub(lambda _: f"{START}\n{table(rows, where)}\n{END}", text), encoding="utf-8")
+    print(f"wrote the table into {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

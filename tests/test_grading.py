@@ -246,3 +246,35 @@ def test_reference_runs_are_cached_by_content(graded):
     root, _, _ = graded
     cached = sorted(p.name for p in (root / ".cache").glob("reference-*.json"))
     assert [n.split("-")[1] for n in cached] == ["01", "02"]
+
+
+@pytest.mark.slow
+def test_grading_the_shipped_learner_on_the_real_labs(tmp_path):
+    """`make grade LEARNER=borja` on the sample work in learners/borja/labs (see learners/README.md),
+    restricted to the two labs he worked on (02-04 are unsolved copies, which test_lab_invert runs)."""
+    started = ("01-lora-from-scratch.ipynb", "05-the-fp16-lora-puzzle.ipynb")
+    home = tmp_path / "learners" / "borja"
+    (home / "labs").mkdir(parents=True)
+    (tmp_path / "labs").mkdir()
+    shutil.copy(ROOT / "learners" / "borja" / "profile.md", home / "profile.md")
+    for name in started:
+        shutil.copy(ROOT / "learners" / "borja" / "labs" / name, home / "labs" / name)
+        shutil.copy(ROOT / "labs" / name, tmp_path / "labs" / name)
+    before = tree_digest(home)
+    report = grading.grade_learner("borja", tmp_path, grading.GradeOptions(reference=False,
+                                                                          cache_dir=tmp_path / ".cache"))
+    assert tree_digest(home) == before and report["learner_files_unchanged"] is True
+    got = {l["lab"]: {c["name"]: c["state"] == "passed" for c in l["checks"]} for l in report["labs"]}
+    assert got == {
+        "01": {"ex1-lora-layer": True, "ex1-zero-init-no-op": True, "ex2-param-count": True, "ex3-merge": True,
+               "ex3-unmerge": True, "ex4-matches-peft": False},
+        "05": {"ex1-padded-lengths": True, "ex2-depends-on-length": True, "ex3-scores-bytes": False,
+               "ex4-fp32-adapter-bytes": False}}
+    five = lab(report, "05")
+    ex3 = checks_by_name(five)["ex3-scores-bytes"]
+    assert "is 96, expected 384" in ex3["message"] and "T appears twice" in ex3["message"]
+    # his wrong (T-linear) scores do not break the cells after the exercise: only exercise cells raise
+    assert [(e["exercise"], e["ename"]) for e in five["errors"]] == [(True, "NotImplementedError")]
+    assert "scores_bytes" in five["fallbacks"]
+    md = (home / "grade.md").read_text(encoding="utf-8")
+    assert "Mi duda" in md and "Checks passed: 7 of 10" in md

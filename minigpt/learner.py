@@ -133,6 +133,34 @@ _CPU_GENERIC = {
 }
 
 
+# The packages whose version moves the memory figures a lab prints (allocator, autocast, peft's casts).
+_FIGURE_PACKAGES = ("torch", "transformers", "peft", "bitsandbytes")
+
+
+def environment_note(root: str | os.PathLike[str] = ROOT) -> str | None:
+    """One line when this kernel's torch/transformers/peft/bitsandbytes differ from requirements.txt
+    (another Jupyter, VS Code's default interpreter, a cloud host's own torch); None when they match."""
+    import importlib.metadata
+
+    from .envcheck import pinned
+
+    req = Path(root) / "requirements.txt"
+    if not req.is_file():
+        return None
+    pins, off = pinned(req), []
+    for name in _FIGURE_PACKAGES:
+        try:
+            have = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            have = "not installed"
+        if name in pins and have.split("+")[0] != pins[name]:
+            off.append(f"{name} {have} (pinned {pins[name]})")
+    if not off:
+        return None
+    return (f"Environment: this kernel has {', '.join(off)}; memory figures can differ from the stored ones. "
+            f"Use the course's kernel 'Phase 28 (minigpt)' (.venv/bin/python, made by `make lab`).")
+
+
 def lab_header(lab_id: str, *, title: str, summary_en: str, summary_es: str,
                cpu_note_en: str | None = None, cpu_note_es: str | None = None) -> Profile | None:
     """Call in a lab's first code cell. Prints the title, the learner and the device line, the
@@ -164,6 +192,12 @@ def lab_header(lab_id: str, *, title: str, summary_en: str, summary_es: str,
     else:
         print("Learner: none (run `make start LEARNER=<name>` and work in learners/<name>/labs/)")
     print(device_line)
+    try:
+        note = environment_note()
+    except Exception as exc:  # never let the header fail: say what could not be read
+        note = f"Environment: could not compare the installed versions with requirements.txt ({exc})."
+    if note:
+        print(note)
     summaries = {"en": summary_en, "es": summary_es}
     for code in (lang, "es" if lang == "en" else "en"):
         print(f"\n[{code}] {summaries[code].strip()}")

@@ -146,3 +146,18 @@ def test_lab_header_warns_when_the_profile_promises_a_gpu_that_is_absent(monkeyp
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     learner.lab_header("01", title="T", summary_en="EN", summary_es="ES")
     assert "this kernel sees no CUDA GPU: this run takes the CPU path" in capsys.readouterr().out
+
+
+def test_environment_note_is_silent_in_the_course_kernel_and_one_line_elsewhere(tmp_path, monkeypatch):
+    """The course's .venv matches requirements.txt; another kernel (VS Code's default interpreter, a cloud
+    host) gets one line naming what differs and which kernel to use."""
+    import importlib.metadata
+    assert learner.environment_note() is None
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version",
+                        lambda name: "2.5.1+cu121" if name == "torch" else real(name))
+    note = learner.environment_note()
+    assert note.count("\n") == 0 and "torch 2.5.1+cu121 (pinned 2.13.0)" in note and "Phase 28 (minigpt)" in note
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "2.13.0+cu126" if name == "torch" else real(name))
+    assert learner.environment_note() is None, "a build tag (+cu126) is the same release"
+    assert learner.environment_note(tmp_path) is None, "no requirements.txt: nothing to compare"

@@ -7,6 +7,8 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.stamp-install
 # Extra arguments for JupyterLab, e.g. make lab LAB_ARGS="--no-browser --port=8890"
 LAB_ARGS ?=
+# Notebooks for store-outputs / check-portability (default: every solution)
+NOTEBOOKS ?=
 # Fixed thread count so timings and float reductions are the same run to run (see minigpt/repro.py)
 export OMP_NUM_THREADS ?= 2
 export MKL_NUM_THREADS ?= 2
@@ -17,12 +19,14 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
-.PHONY: generate-labs start grade grade-all docs time-labs
+.PHONY: generate-labs start grade grade-all docs time-labs store-outputs check-portability cloud-cells kernel
+.PHONY: test-ui ui-chromium lab-cmd
 
 help:
 	@echo "make lab        install (first time only) and open JupyterLab on the course"
 	@echo "make test       install (first time only), run unit tests and execute the notebooks"
 	@echo "make check-env  print OK/FAIL for Python, every pinned package, and CUDA"
+	@echo "make kernel     register the course's kernel for your user (VS Code, another Jupyter)"
 	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~10 min on 2 idle cores)"
 	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
 	@echo "make start LEARNER=<name>  your profile and your own copy of the labs in learners/<name>/"
@@ -31,6 +35,10 @@ help:
 	@echo "make generate-labs         write labs/ from solutions/ (authors)"
 	@echo "make docs                  recompute every generated figure in theory/ and solutions/0N-*-ref.md"
 	@echo "make time-labs             time every solution and unsolved lab, write the table into README.md"
+	@echo "make store-outputs         re-execute solutions/ and store their outputs (native kernels, 2 threads)"
+	@echo "make check-portability     run solutions/ under every CPU setting, diff the checked outputs"
+	@echo "make cloud-cells           rewrite the labs' Colab/Kaggle cell and links from minigpt/cloud.py"
+	@echo "make test-ui               browser smoke test: a lab in headless Chromium (needs Debian's chromium)"
 
 # --- installation -------------------------------------------------------------------------
 # conda/mamba when present (environment.yml), otherwise the standard library's venv.
@@ -57,8 +65,18 @@ install: $(STAMP)
 # Jupyter refuses to start as root (common in containers and CI) unless told to.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
 
+# The command `make lab` runs; `make test-ui` starts JupyterLab with the same one.
+LAB_CMD = $(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(ROOT_FLAG)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir=. $(ROOT_FLAG) $(LAB_ARGS)
+	$(LAB_CMD) $(LAB_ARGS)
+
+lab-cmd:
+	@echo '$(LAB_CMD)'
+
+# The course's kernel for your user too, so VS Code and other Jupyter installations can pick it.
+kernel: $(STAMP)
+	$(PY) -m ipykernel install --user --name phase28 --display-name "Phase 28 (minigpt)"
 
 check-env:
 	@if [ -x $(PY) ]; then $(PY) -m minigpt.envcheck; else python3 -m minigpt.envcheck; fi
@@ -72,10 +90,54 @@ test: $(STAMP)
 test-unit: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -q tests  # no windows in unit tests; notebooks keep the inline backend
 
+# The notebooks' outputs are stored with the native CPU kernels on 2 threads (make store-outputs);
+# they are tested with torch's generic kernels on 1 thread, so a checked output that depends on the
+# CPU fails here, on the author's machine, not only on a newcomer's. Must equal the "test" setting
+# of scripts/portability.py (tests/test_portability.py checks it). docs/AUTHORING.md says why.
+NB_TEST_ENV := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 MINIGPT_THREADS=1
+
 test-notebooks: $(STAMP)
 	@if ls solutions/*.ipynb >/dev/null 2>&1; then \
-	  $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider solutions; \
+	  echo "notebooks run under: $(NB_TEST_ENV)"; \
+	  env $(NB_TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider solutions; \
 	else echo "no solution notebooks yet"; fi
+
+# Authors: rewrite every lab's first code cell (the Colab/Kaggle bootstrap), its links and README's
+# table of links from minigpt/cloud.py (COURSE_REPO); then make generate-labs.
+cloud-cells: $(STAMP)
+	$(PY) scripts/cloud_cells.py
+
+# Authors: re-execute solutions/ in place under the storing setting (native kernels, 2 threads).
+store-outputs: $(STAMP)
+	$(PY) scripts/portability.py store $(NOTEBOOKS)
+
+# Authors: execute solutions/ under every CPU setting and diff each checked output with the stored one.
+check-portability: $(STAMP)
+	$(PY) scripts/portability.py check $(NOTEBOOKS)
+
+# --- browser smoke test (tests_ui/): a lab as a learner sees it -------------------------------------
+# Debian's chromium, driven by Playwright (requirements-ui.txt); never a browser download.
+CHROMIUM ?= /usr/bin/chromium
+UI_LAB ?= labs/01-lora-from-scratch.ipynb
+UI_TIMEOUT ?= 300
+UI_STAMP := $(VENV)/.stamp-ui
+UI_SHOT = build/ui/$(basename $(notdir $(UI_LAB))).png
+
+$(UI_STAMP): $(STAMP) requirements-ui.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-ui.txt
+	@touch $(UI_STAMP)
+
+ui-chromium:
+	@test -x "$(CHROMIUM)" || { echo "make test-ui: no Chromium at $(CHROMIUM); install Debian's (apt-get install chromium) or set CHROMIUM=/path/to/chromium"; exit 2; }
+
+# Stops after UI_TIMEOUT seconds; the test stops JupyterLab, its kernel and the browser either way.
+test-ui: ui-chromium $(UI_STAMP)
+	@start=$$(date +%s); rm -f $(UI_SHOT); \
+	PHASE28_LAB_CMD='$(LAB_CMD)' PHASE28_UI_REQUIRED=1 CHROMIUM='$(CHROMIUM)' UI_LAB='$(UI_LAB)' UI_SHOT='$(UI_SHOT)' \
+	  timeout --foreground -k 30 $(UI_TIMEOUT) $(PY) -m pytest -q -s -p no:cacheprovider tests_ui; rc=$$?; \
+	if [ $$rc = 124 ]; then echo "make test-ui: stopped after UI_TIMEOUT=$(UI_TIMEOUT) s"; fi; \
+	if [ -f $(UI_SHOT) ]; then echo "screenshot: $(UI_SHOT)"; fi; \
+	echo "make test-ui took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # --- course artefacts -----------------------------------------------------------------------
 pretrain: $(STAMP)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Install the course on a cloud notebook host (Colab, Kaggle) without replacing the host's CUDA torch.
 
-The first code cell of every lab (minigpt/cloud.py) runs this from the clone it has just made or found:
+The first code cell of every lab (course/cloud.py) runs this from the clone it has just made or found:
 
     python scripts/cloud_setup.py --host Colab --home /content/<repo> --cloned --loaded <modules>
 

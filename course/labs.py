@@ -2,10 +2,10 @@
 """Write labs/NN-<name>.ipynb from solutions/NN-<name>.ipynb, the single source.
 
     make generate-labs                         write every lab
-    python scripts/generate_labs.py --check    exit 1 and say which labs are stale, missing or orphaned
-    python scripts/generate_labs.py --prune    also delete labs that have no solution
+    python course/labs.py --check    exit 1 and say which labs are stale, missing or orphaned
+    python course/labs.py --prune    also delete labs that have no solution
 
-In a solution notebook (conventions in minigpt/grading.py, guide in docs/AUTHORING.md):
+In a solution notebook (conventions in course/grading.py, guide in docs/AUTHORING.md):
 * code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` becomes ``# YOUR CODE HERE`` and
   ``raise NotImplementedError(...)`` at the indentation of the BEGIN line; the cell is marked
   as an exercise in its metadata;
@@ -29,11 +29,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from minigpt.grading import (ANSWER_PROMPT, ANSWER_RE, HIDDEN_BEGIN, HIDDEN_END, META_KEY,
+from course.notebooks import (ANSWER_PROMPT, ANSWER_RE, HIDDEN_BEGIN, HIDDEN_END, META_KEY,
                              NOTEBOOK_NAME_RE, SOLUTION_BEGIN, SOLUTION_END, STUB_COMMENT, STUB_RAISE,
                              answer_id, answer_text, cell_source)
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 DROPPED_CELL_METADATA = ("execution", "ExecuteTime", "collapsed", "scrolled")
 
 

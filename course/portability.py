@@ -2,7 +2,7 @@
 
     make store-outputs            execute solutions/*.ipynb in place under the STORE setting
     make check-portability        execute them under every setting below, diff the checked outputs
-    python scripts/portability.py env test     print the setting `make test` runs the notebooks under
+    python course/portability.py env test     print the setting `make test` runs the notebooks under
 
 Float kernels differ between CPUs (AVX-512, AVX2, NEON, another BLAS) and between thread counts,
 so a float's last digits depend on the machine. ``make test`` executes the notebooks under the
@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import json
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from minigpt.paths import ROOT  # noqa: E402
 MARK = "NBVAL_CHECK_OUTPUT"
 
 # Each setting: the environment the kernel starts with. ATEN_CPU_CAPABILITY picks torch's own
@@ -59,7 +58,7 @@ def checked_outputs(nb: Any) -> dict[int, str]:
 
 def execute(path: Path, setting: str, timeout: int = 600) -> tuple[Any, float]:
     """Run ``path`` top to bottom in a fresh kernel under ``setting``; return (notebook, seconds)."""
-    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # see minigpt/nbrun.py
+    sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # see course/nbrun.py
     import nbformat
     from nbclient import NotebookClient
 

@@ -1,6 +1,6 @@
 """Time every solution notebook and its generated lab, and write the table into README.md.
 
-    make time-labs            (= python scripts/time_labs.py)
+    make time-labs            (= python course/timing.py)
 
 Each notebook runs top to bottom in a fresh kernel from its own folder, errors allowed (an
 unsolved lab raises in its exercise cells), and nothing is written back. The wall-clock times,
@@ -22,7 +22,7 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-ROOT = Path(__file__).resolve().parents[1]
+from minigpt.paths import ROOT  # noqa: E402
 START, END = "<!-- gen:lab-runtimes -->", "<!-- /gen:lab-runtimes -->"
 
 

@@ -1,6 +1,6 @@
-"""Run one notebook in a fresh Jupyter kernel: the worker behind minigpt.grading.execute_notebook.
+"""Run one notebook in a fresh Jupyter kernel: the worker behind course.grading.execute_notebook.
 
-    python -I minigpt/nbrun.py NOTEBOOK --cwd DIR --scratch DIR [--kernel python3]
+    python -I course/nbrun.py NOTEBOOK --cwd DIR --scratch DIR [--kernel python3]
                                [--cell-timeout S] [--notebook-timeout S]
 
 It executes every code cell (errors allowed), interrupts a cell that exceeds its time limit and
@@ -34,7 +34,7 @@ def _first_line(source: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Execute every code cell of one notebook; always exits 0 (the outcome is in status.json)."""
-    p = argparse.ArgumentParser(prog="minigpt/nbrun.py")
+    p = argparse.ArgumentParser(prog="course/nbrun.py")
     p.add_argument("notebook")
     p.add_argument("--cwd", required=True)
     p.add_argument("--scratch", required=True)

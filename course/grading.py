@@ -1,14 +1,14 @@
 """Grading: run copies of a learner's notebooks, read their checks, write grade.md and grade.json.
 
-    make grade LEARNER=borja   ->  python -m minigpt.grading borja
-    make grade-all             ->  python -m minigpt.grading --all
+    make grade LEARNER=borja   ->  python -m course.grading borja
+    make grade-all             ->  python -m course.grading --all
 
 For each lab, a copy of ``learners/<name>/`` (profile.md and labs/) is made in a temporary
 directory and the notebook runs there, in a fresh kernel started by a worker subprocess
-(``python -I minigpt/nbrun.py``) with a per-cell and a per-notebook time limit. On Linux
+(``python -I course/nbrun.py``) with a per-cell and a per-notebook time limit. On Linux
 the worker and its kernel run in a new network namespace (``unshare``) when this machine
 allows it, so a notebook cannot reach the network. The kernel writes its check records to
-``$MINIGPT_CHECKS_FILE`` (see minigpt.checks), which the grader reads back; a notebook that
+``$MINIGPT_CHECKS_FILE`` (see course.checks), which the grader reads back; a notebook that
 fails in any way (syntax error, exception, endless loop, dead kernel, unreadable file) is
 reported as such and grading goes on. The learner's files are never written to.
 
@@ -16,7 +16,7 @@ The reference values come from running each solution notebook once per grading r
 same machinery; the result is cached in ``.cache/grading/`` under a hash of the solution and of
 the package source, so it is recomputed whenever either changes.
 
-This module also holds the course's notebook conventions, which scripts/generate_labs.py uses.
+This module also holds the course's notebook conventions, which course/labs.py uses.
 """
 from __future__ import annotations
 
@@ -24,217 +24,26 @@ import argparse
 import hashlib
 import json
 import os
-import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .checks import CHECKS_FILE_ENV, read_checks_file
-from .learner import PROFILE_ENV, ROOT, load_profile, validate_name
-
-# --- notebook conventions (solutions -> labs) ----------------------------------------------------
-SOLUTION_BEGIN, SOLUTION_END = "### BEGIN SOLUTION", "### END SOLUTION"
-HIDDEN_BEGIN, HIDDEN_END = "### BEGIN HIDDEN", "### END HIDDEN"
-ANSWER_RE = re.compile(r"\A\s*<!--\s*ANSWER:\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*-->[ \t]*\n?")
-ANSWER_PROMPT = "*Write your answer here.*"
-STUB_COMMENT = "# YOUR CODE HERE"
-STUB_RAISE = 'raise NotImplementedError("Exercise not done yet: write your code here and delete this line.")'
-NOTEBOOK_NAME_RE = re.compile(r"(\d{2})-[a-z0-9][a-z0-9-]*\.ipynb")
-META_KEY = "minigpt"  # cell metadata: {"role": "exercise"} or {"role": "answer", "answer": id}
-
-
-def cell_source(cell: dict[str, Any]) -> str:
-    src = cell.get("source", "")
-    return "".join(src) if isinstance(src, list) else str(src)
-
-
-def answer_id(cell: dict[str, Any]) -> str | None:
-    """The id of a written-answer cell (markdown starting with <!-- ANSWER: id -->), else None."""
-    if cell.get("cell_type") != "markdown":
-        return None
-    m = ANSWER_RE.match(cell_source(cell))
-    if m:
-        return m.group(1)
-    meta = cell.get("metadata", {}).get(META_KEY, {})
-    return meta.get("answer") if meta.get("role") == "answer" else None
-
-
-def answer_text(cell: dict[str, Any]) -> str:
-    """A written-answer cell's text without its marker."""
-    return ANSWER_RE.sub("", cell_source(cell), count=1).strip()
-
-
-def cell_role(cell: dict[str, Any]) -> str | None:
-    return cell.get("metadata", {}).get(META_KEY, {}).get("role")
-
-
-def lab_id_of(path: Path) -> str | None:
-    m = NOTEBOOK_NAME_RE.fullmatch(path.name)
-    return m.group(1) if m else None
+from .grade_report import render_markdown, summary_table
+from .notebooks import ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, lab_id_of
+from .sandbox import Execution, _first_line, detect_isolation, execute_notebook
+from .learner import ROOT, load_profile, validate_name
 
 
 # --- isolation -----------------------------------------------------------------------------------
-_NETNS_PROBE = ("import socket, sys\n"
-                "names = [n for _, n in socket.if_nameindex()]\n"
-                "sys.exit(0 if set(names) <= {'lo'} else 3)\n")
 
 
-@dataclass
-class Isolation:
-    prefix: list[str]   # command prefix for the worker, e.g. ["unshare", "-rn", ...]
-    network: str        # "none" or "not restricted"
-    how: str            # one line for the report
-
-
-_ISOLATION_CACHE: dict[bool, Isolation] = {}
-
-
-def detect_isolation(network: bool = True) -> Isolation:
-    """The strongest isolation this machine allows: try ``unshare`` (Linux) with a new network
-    namespace (and a PID namespace, so the kernel dies with its worker); probe that the network
-    really is gone. Falls back to no network isolation, and says so."""
-    if not network:
-        return Isolation([], "not restricted", "network isolation switched off (--no-network-isolation)")
-    if network in _ISOLATION_CACHE:
-        return _ISOLATION_CACHE[network]
-    result = Isolation([], "not restricted", "no network isolation: this is not Linux")
-    unshare = shutil.which("unshare")
-    if sys.platform.startswith("linux") and not unshare:
-        result = Isolation([], "not restricted", "no network isolation: the `unshare` command is missing")
-    elif sys.platform.startswith("linux"):
-        why = "unknown"
-        for flags in (["-rn", "--fork", "--pid", "--kill-child"], ["-rn"], ["-n"]):
-            try:
-                proc = subprocess.run([unshare, *flags, sys.executable, "-c", _NETNS_PROBE],
-                                      capture_output=True, text=True, timeout=30)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                why = str(exc)
-                continue
-            if proc.returncode == 0:
-                pid_ns = "--pid" in flags
-                result = Isolation([unshare, *flags], "none",
-                                   f"no network (Linux network namespace via `unshare {' '.join(flags)}`"
-                                   + ("; a PID namespace kills the kernel with its worker)" if pid_ns else ")"))
-                break
-            why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        else:
-            result = Isolation([], "not restricted",
-                               f"no network isolation: `unshare` is not permitted here ({why})")
-    _ISOLATION_CACHE[network] = result
-    return result
 
 
 # --- running one notebook ------------------------------------------------------------------------
-@dataclass
-class Execution:
-    status: str            # completed | kernel_died | notebook_timeout | killed | failed_to_start | unreadable
-    message: str
-    runtime_s: float
-    cells: list[dict[str, Any]] = field(default_factory=list)    # per executed code cell
-    records: list[dict[str, Any]] = field(default_factory=list)  # from the checks file
-    isolation: str = ""
-
-    @property
-    def env(self) -> dict[str, Any] | None:
-        envs = [r for r in self.records if r.get("kind") == "env"]
-        return envs[-1] if envs else None
-
-    def checks(self) -> dict[str, dict[str, Any]]:
-        """The last record of each check, by name."""
-        out: dict[str, dict[str, Any]] = {}
-        for r in self.records:
-            if r.get("kind") == "check":
-                out.pop(r["name"], None)
-                out[r["name"]] = r
-        return out
-
-
-def _child_env(checks_file: Path, profile: str, scratch: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update({
-        CHECKS_FILE_ENV: str(checks_file),
-        PROFILE_ENV: profile,                       # "" = no profile (the solution runs)
-        "IPYTHONDIR": str(scratch / "ipython"),     # no learner/instructor IPython startup files
-        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-        "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
-        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
-    })
-    return env
-
-
-def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str] | None = None,
-                     cell_timeout: float = 300, notebook_timeout: float = 900,
-                     kernel_name: str = "python3", profile: str = "",
-                     isolation: Isolation | None = None) -> Execution:
-    """Execute the notebook at ``path`` (a copy: its outputs are not written back) in a fresh
-    kernel run by a worker subprocess; every failure becomes an Execution status, never an
-    exception. ``cwd`` defaults to the notebook's folder; ``profile`` sets $MINIGPT_PROFILE."""
-    path = Path(path).resolve()
-    cwd = Path(cwd).resolve() if cwd is not None else path.parent
-    isolation = isolation if isolation is not None else detect_isolation()
-    scratch = Path(tempfile.mkdtemp(prefix="minigpt-run-"))
-    checks_file, status_file = scratch / "checks.jsonl", scratch / "status.json"
-    cmd = [*isolation.prefix, sys.executable, "-I", str(Path(__file__).with_name("nbrun.py")), str(path),
-           "--cwd", str(cwd), "--scratch", str(scratch), "--kernel", kernel_name,
-           "--cell-timeout", str(cell_timeout), "--notebook-timeout", str(notebook_timeout)]
-    start = time.monotonic()
-    killed = False
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(checks_file, profile, scratch),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=notebook_timeout + 90)  # + kernel start-up and shutdown
-    except subprocess.TimeoutExpired:
-        killed = True
-        _kill_group(proc.pid)
-        output, _ = proc.communicate()
-    runtime = time.monotonic() - start
-    try:
-        status = json.loads(status_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        status = {}
-    kernel_pid = status.get("kernel_pid")
-    if killed and kernel_pid and "--pid" not in isolation.prefix:
-        # the worker was killed before it could stop its kernel (which runs in its own session);
-        # inside a PID namespace the kernel already died with the worker, and its pid means nothing here
-        _kill_group(kernel_pid)
-    records = read_checks_file(checks_file)
-    shutil.rmtree(scratch, ignore_errors=True)
-    if killed:
-        st, msg = "killed", f"the notebook did not finish within {notebook_timeout:g} s and was stopped"
-    elif not status or status.get("status") == "running":
-        tail = " / ".join(output.decode(errors="replace").strip().splitlines()[-3:])
-        st, msg = "failed_to_start", f"the grading worker failed (exit code {proc.returncode}): {tail}"
-    else:
-        st, msg = status["status"], status.get("message", "")
-    return Execution(st, msg, round(runtime, 2), status.get("cells", []), records, isolation.how)
-
-
-def _kill_group(pid: int) -> None:
-    """Kill a process and its group (POSIX); just the process elsewhere. Never raises."""
-    if hasattr(os, "killpg"):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-            return
-        except OSError:
-            pass
-    try:
-        os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
-    except OSError:
-        pass
-
-
-def _first_line(source: str) -> str:
-    for line in source.splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= 60 else line[:59] + "…"
-    return ""
 
 
 # --- reference values (solution runs) ------------------------------------------------------------
@@ -362,7 +171,10 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                opts: GradeOptions, memo: dict[str, Execution]) -> dict[str, Any]:
     lab_path = next(iter(sorted((root / "labs").glob(f"{lab_id}-*.ipynb"))), None)
     sol_path = next(iter(sorted((root / "solutions").glob(f"{lab_id}-*.ipynb"))), None)
-    rel = lambda p: str(p.relative_to(root)) if p is not None and p.is_relative_to(root) else str(p)
+
+    def rel(p: Path | None) -> str:
+        return str(p.relative_to(root)) if p is not None and p.is_relative_to(root) else str(p)
+
     report: dict[str, Any] = {
         "lab": lab_id, "notebook": rel(learner_nb_path) if learner_nb_path else None,
         "lab_notebook": rel(lab_path) if lab_path else None,
@@ -494,117 +306,6 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 # --- the report ----------------------------------------------------------------------------------
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    text = json.dumps(v, ensure_ascii=False)
-    return text if len(text) <= 80 else text[:79] + "…"
-
-
-def _fmt_values(got: Any, values: dict[str, Any] | None) -> str:
-    parts = [] if got is None else [_fmt(got)]
-    parts += [f"{k}={_fmt(v)}" for k, v in (values or {}).items() if k != "error"]
-    return "; ".join(parts) or "—"
-
-
-def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-_STATUS_WORDS = {"completed": "ran to the end", "kernel_died": "KERNEL DIED",
-                 "notebook_timeout": "TIME LIMIT", "killed": "KILLED (time limit)",
-                 "failed_to_start": "DID NOT START", "unreadable": "UNREADABLE FILE",
-                 "not_started": "not started"}
-
-
-def render_markdown(report: dict[str, Any]) -> str:
-    name = report["learner"]
-    out = [f"# Grade — {name}", ""]
-    prof = report["profile"]
-    if "problem" in prof:
-        out.append(f"Profile: not read ({prof['problem']})")
-    else:
-        gpu = f", {prof['gpu_memory_gib']:g} GiB GPU" if prof.get("gpu_memory_gib") else ""
-        out.append(f"Profile: language {prof['language']}, hardware {prof['hardware']}{gpu}, phase {prof['phase']}.")
-    s = report["settings"]
-    out += [f"Graded {report['graded_at']} in {report['runtime_s']:.1f} s; kernel `{s['kernel']}`, "
-            f"time limits {s['cell_timeout_s']:g} s per cell and {s['notebook_timeout_s']:g} s per notebook.",
-            f"Isolation of each notebook run: a fresh kernel in a subprocess, working in a temporary copy "
-            f"of learners/{name}/; {report['isolation']['how']}.",
-            f"Learner's files unchanged by grading: {'yes' if report['learner_files_unchanged'] else 'NO'}.", ""]
-    if report["nothing_to_grade"]:
-        out += [f"**Nothing to grade:** there are no labs in labs/ and no notebooks in learners/{name}/labs/ "
-                f"yet. Run `make start LEARNER={name}` once the labs exist.", ""]
-        return "\n".join(out)
-    out += [f"**Checks passed: {report['passed']} of {report['total']}.** Written answers are not "
-            "auto-graded: they are listed under each lab beside the reference answer.", "",
-            "| Lab | Checks passed | Run | Runtime | Hardware path |", "|---|---|---|---|---|"]
-    for lab in report["labs"]:
-        run = _STATUS_WORDS.get(lab["status"], lab["status"])
-        if lab["errors"]:
-            run += f", {len(lab['errors'])} cell error{'s' if len(lab['errors']) > 1 else ''}"
-        out.append(f"| {lab['lab']} | {lab['passed']}/{lab['total']} | {run} "
-                   f"| {lab['runtime_s']:.1f} s | {_cell(lab['hardware'] or '—')} |")
-    if report["ignored_notebooks"]:
-        out += ["", f"Not graded (not named like a lab, or a second copy): {', '.join(report['ignored_notebooks'])}."]
-    out += ["", "What is compared: **yours** is what the check recorded in your notebook's run; "
-            "**expected** is what that check compared it with in the same run (the package's reference "
-            "implementation on the same inputs, or a constant in the check cell); **solution run** is the "
-            "same check's record when the solution notebook ran in this grading (cached by content hash).", ""]
-    for lab in report["labs"]:
-        words = _STATUS_WORDS.get(lab["status"], lab["status"])
-        out += [f"## Lab {lab['lab']} — {lab['notebook'] or lab['lab_notebook'] or ''}", "",
-                f"Run: {words}" + ("" if lab["message"] == words else f" — {lab['message']}") + "."]
-        ref = lab["reference"]
-        if ref is None:
-            out.append("Solution run: none (no solution notebook, or reference runs switched off).")
-        elif ref["status"] != "completed":
-            out.append(f"Solution run: **{ref['status']}** — {ref['message']}; the reference column is empty "
-                       f"and the list of checks may be incomplete.")
-        else:
-            out.append(f"Solution run: {ref['runtime_s']:.1f} s, {ref['hardware']}.")
-        if lab["checks"]:
-            out += ["", "| Check | Result | Message | Yours | Expected | Solution run |", "|---|---|---|---|---|---|"]
-            for c in lab["checks"]:
-                mark = {"passed": "✔ pass", "failed": "✘ fail", "not run": "✘ not run"}[c["state"]]
-                r = c["reference"]
-                ref_txt = "—" if r is None else (("" if r["passed"] else "(failed in the solution!) ")
-                                                 + _fmt_values(r["got"], r["values"]))
-                out.append(f"| {c['name']} | {mark} | {_cell(c['message'])} | {_cell(_fmt_values(c['got'], c['values']))} "
-                           f"| {_cell(_fmt(c['expected']))} | {_cell(ref_txt)} |")
-        elif lab["status"] != "not_started":
-            out += ["", "No checks ran."]
-        if lab["errors"]:
-            out += ["", "Cells that raised an error:"]
-            for e in lab["errors"]:
-                kind = " (exercise cell)" if e["exercise"] else ""
-                note = f" — {e['note']}" if e["note"] else ""
-                out.append(f"- cell {e['cell']}{kind} `{_cell(e['first_line'])}`: {e['ename']}: {_cell(e['evalue'])}{note}")
-        if lab["fallbacks"]:
-            out += ["", f"Fell back to the reference implementation for: {', '.join(lab['fallbacks'])}."]
-        cells = lab.get("cells") or {}
-        if cells.get("changed"):
-            out += ["", "Cells of the lab the learner changed (outside exercises and answers): "
-                    + "; ".join(f"cell {c['cell']} `{_cell(c['first_line'])}`" for c in cells["changed"]) + "."]
-        if cells.get("removed"):
-            out += ["", f"Code cells of the lab the learner deleted: {cells['removed']}."]
-        for a in lab["answers"]:
-            out += ["", f"### Written answer `{a['id']}` (not auto-graded)", "", "Learner:", ""]
-            out += _quote(a["answer"] if a["answer"] else f"*({a['note']})*")
-            out += ["", "Reference:", ""]
-            out += _quote(a["reference"] or "*(no reference answer in the solution)*")
-        out.append("")
-    return "\n".join(out)
-
-
-def _quote(text: str) -> list[str]:
-    return ["> " + line if line.strip() else ">" for line in text.strip().splitlines()]
 
 
 # --- every learner -------------------------------------------------------------------------------
@@ -622,21 +323,9 @@ def grade_all(root: str | os.PathLike[str] = ROOT, opts: GradeOptions | None = N
     return [grade_learner(n, root, opts, memo, write) for n in learner_names(root)]
 
 
-def summary_table(reports: list[dict[str, Any]]) -> str:
-    rows = [("Learner", "Labs", "Checks passed", "Problems", "Time")]
-    for r in reports:
-        problems = [f"{l['lab']}: {_STATUS_WORDS.get(l['status'], l['status'])}" for l in r["labs"]
-                    if l["status"] != "completed"]
-        rows.append((r["learner"], str(len(r["labs"])), f"{r['passed']}/{r['total']}",
-                     "nothing to grade" if r["nothing_to_grade"] else (", ".join(problems) or "—"),
-                     f"{r['runtime_s']:.1f} s"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    p = argparse.ArgumentParser(prog="python -m minigpt.grading",
+    p = argparse.ArgumentParser(prog="python -m course.grading",
                                 description="Grade learners' labs (make grade LEARNER=<name>, make grade-all).")
     p.add_argument("learner", nargs="?", default=None)
     p.add_argument("--all", action="store_true", help="grade every learner and print a summary table")

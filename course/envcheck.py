@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 
+# Not minigpt.paths: this runs with a bare python3 before torch (which minigpt imports) is installed.
 ROOT = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 10)
 

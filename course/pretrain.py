@@ -1,7 +1,7 @@
 """Pretrain the shipped checkpoint: MiniGPT ``small`` on Shakespeare, character level, on a CPU.
 
-    python -m minigpt.pretrain            # (= make pretrain) ~10 min on an idle 2-core CPU
-    python -m minigpt.pretrain --measure  # time a few steps first and suggest --steps
+    python -m course.pretrain            # (= make pretrain) ~10 min on an idle 2-core CPU
+    python -m course.pretrain --measure  # time a few steps first and suggest --steps
 
 Writes ``checkpoints/minigpt-small-shakespeare.pt`` and ``checkpoints/MODEL_CARD.md``. Every
 number in the card is computed by this script; the tests recompute the validation loss of
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from .data import TEST_PLAYS, VAL_PLAYS, CharTokenizer, encode_corpus, lm_batch, play_files, shakespeare_text
-from .model import from_preset, parameter_count
-from .repro import set_seed
-from .train import PRETRAINED_PATH, evaluate, save_checkpoint, train
+from minigpt.data import TEST_PLAYS, VAL_PLAYS, CharTokenizer, encode_corpus, lm_batch, play_files, shakespeare_text
+from minigpt.model import from_preset, parameter_count
+from minigpt.repro import set_seed
+from minigpt.train import PRETRAINED_PATH, evaluate, save_checkpoint, train
 
 PRESET = "small"
 BATCH_SIZE = 32            # windows of block_size=128 characters per step
@@ -41,7 +41,7 @@ EVAL_ITERS = 20
 EVAL_BATCH = 32
 EVAL_SEED = 2024
 CARD_PATH = PRETRAINED_PATH.parent / "MODEL_CARD.md"
-COMMAND = "make pretrain   (= .venv/bin/python -m minigpt.pretrain)"
+COMMAND = "make pretrain   (= .venv/bin/python -m course.pretrain)"
 
 
 def heldout_loss(model: torch.nn.Module, split: str = "val", iters: int = EVAL_ITERS,
@@ -125,9 +125,9 @@ def model_card(r: dict, path: Path) -> str:
     size_mib = path.stat().st_size / 2**20
     return f"""# Model card: `{path.name}`
 
-Written by `minigpt/pretrain.py`; every number below comes from that run.
-The tests (`tests/test_train.py`) reload the checkpoint, recompute the validation loss
-with `minigpt.pretrain.heldout_loss` and compare it with the value in this card.
+Written by `course/pretrain.py`; every number below comes from that run.
+The tests (`tests/core/test_train.py`) reload the checkpoint, recompute the validation loss
+with `course.pretrain.heldout_loss` and compare it with the value in this card.
 
 ## What it is
 - **Model**: MiniGPT preset `{r['preset']}` (GPT-2 style: learned positions, LayerNorm, GELU,
@@ -157,7 +157,7 @@ with `minigpt.pretrain.heldout_loss` and compare it with the value in this card.
 ## Results
 Losses are mean cross-entropy (nats per character) over {r['eval']['iters']} fixed batches of
 {r['eval']['batch_size']} x {r['block_size']} characters drawn with seed {r['eval']['seed']}
-(`minigpt.pretrain.heldout_loss`). A uniform guess over {len(r['tokenizer_chars'])} characters scores ln {len(r['tokenizer_chars'])} = {math.log(len(r['tokenizer_chars'])):.3f}.
+(`course.pretrain.heldout_loss`). A uniform guess over {len(r['tokenizer_chars'])} characters scores ln {len(r['tokenizer_chars'])} = {math.log(len(r['tokenizer_chars'])):.3f}.
 
 | metric | value |
 |---|---|
@@ -178,7 +178,7 @@ Validation loss during training (10 random batches each, so noisier than the tab
 - The machine is shared: its 1-minute load average was {r['load_average_start']:.2f} when the run
   started and {r['load_average_end']:.2f} when it ended (this run alone keeps it near 2, as it uses
   both cores; anything well above 2 means other jobs competed for the cores and inflated the wall time).
-  On the idle machine, `python -m minigpt.pretrain --measure` measured {IDLE_STEP_SECONDS} s per step,
+  On the idle machine, `python -m course.pretrain --measure` measured {IDLE_STEP_SECONDS} s per step,
   i.e. about {r['steps'] * IDLE_STEP_SECONDS / 60:.0f} min for {r['steps']} steps; that measurement is how the step count was chosen.
 
 ## Sample (prompt "ROMEO:", temperature 0.8, top-k 20, seed {r['seed']})
@@ -191,7 +191,7 @@ Validation loss during training (10 random batches each, so noisier than the tab
 {COMMAND}
 ```
 Seeds and the thread count are fixed; a different CPU or torch build may still change the last
-digits of the losses (float sums reduce in a different order). `tests/test_train.py` requires the
+digits of the losses (float sums reduce in a different order). `tests/core/test_train.py` requires the
 shipped checkpoint's recomputed validation loss to stay within 0.02 of the value above.
 """
 

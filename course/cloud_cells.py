@@ -1,11 +1,11 @@
 #!/usr/bin/env python
-"""Write the cloud-GPU parts of every lab from minigpt/cloud.py (the one place the repository URL lives).
+"""Write the cloud-GPU parts of every lab from course/cloud.py (the one place the repository URL lives).
 
     make cloud-cells                          rewrite solutions/ and README.md (then make generate-labs)
-    python scripts/cloud_cells.py --check     exit 1 and say what is stale (tests/test_cloud.py runs it)
+    python course/cloud_cells.py --check     exit 1 and say what is stale (tests/course/test_cloud.py runs it)
 
 In each solution notebook:
-* the first code cell is the bootstrap cell (``minigpt.cloud.bootstrap_cell_source``), tagged
+* the first code cell is the bootstrap cell (``course.cloud.bootstrap_cell_source``), tagged
   ``phase28-cloud-setup``; it is inserted before the first code cell when missing;
 * the first markdown cell carries the "Open in Colab" / "Open in Kaggle" line (ends with the
   ``<!-- phase28:cloud-links -->`` marker);
@@ -22,9 +22,9 @@ import re
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from minigpt import cloud  # noqa: E402
+from minigpt.paths import ROOT
+
+from course import cloud
 
 README_START, README_END = "<!-- gen:cloud-links -->", "<!-- /gen:cloud-links -->"
 # [text](../some/file) not already followed by its GitHub twin
@@ -90,7 +90,7 @@ def readme_block(labs: list[str]) -> str:
     rows += [f"| `{lab}` | [Open in Colab]({cloud.colab_url(lab)}) | [Open in Kaggle]({cloud.kaggle_url(lab)}) |"
              for lab in labs]
     note = ("The links point at `" + cloud.COURSE_REPO + "` (branch `" + cloud.COURSE_BRANCH + "`), set in "
-            "`minigpt/cloud.py`" + (": a placeholder until the course is published (see *Publishing* below)."
+            "`course/cloud.py`" + (": a placeholder until the course is published (see *Publishing* below)."
                                     if cloud.is_placeholder() else "."))
     return "\n".join([README_START, note, "", *rows, README_END])
 
@@ -107,7 +107,7 @@ def run(check: bool, root: Path = ROOT) -> list[str]:
         old = p.read_text(encoding="utf-8")
         new = _dump(update_notebook(json.loads(old), p.name))
         if new != old:
-            stale.append(f"{p.relative_to(root)}: its cloud cell or links differ from minigpt/cloud.py")
+            stale.append(f"{p.relative_to(root)}: its cloud cell or links differ from course/cloud.py")
             if not check:
                 p.write_text(new, encoding="utf-8")
     readme = root / "README.md"
@@ -119,7 +119,7 @@ def run(check: bool, root: Path = ROOT) -> list[str]:
         head, tail = text.split(README_START, 1)
         new = head + block + tail.split(README_END, 1)[1]
         if new != text:
-            stale.append("README.md: the Colab/Kaggle links differ from minigpt/cloud.py")
+            stale.append("README.md: the Colab/Kaggle links differ from course/cloud.py")
             if not check:
                 readme.write_text(new, encoding="utf-8")
     return stale

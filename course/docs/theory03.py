@@ -1,0 +1,216 @@
+"""The figures and tables of theory/03-memory-footprint.md: NF4, traced steps, attention, checkpointing,
+the learner's runs, and the corrections to the client's draft."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from minigpt.memory.buckets import BUCKETS
+
+from .facts import (ADAM_MOMENTS, BACKWARD_OVER_FORWARD, BF16, BIG, DRAFT, FP16, FP32, MODELS, NF4_BLOCK,
+                    ZERO_GPUS, _linears, _roberta_dropout, all_linear_weights, linear_weight_count, n_lora,
+                    n_params, nf4_bits, regimes)
+from .fmt import (BUCKET_SHORT, BUCKET_TEXT, METHOD_TEXT, _buckets_row, _how, auto, fixed, gb, gib, mb, mib,
+                  num, pct, table, times, tr)
+from .specs import ADAPT, LLAMA, MINI, ROBERTA_B, ROBERTA_LORA, ROBERTA_SCALE, ROBERTA_SHORT, act, roberta
+from ..traces import _final_grads, trace
+
+
+@lru_cache(maxsize=None)
+def figures() -> dict[str, str]:
+    """The inline figures first used by theory file 03."""
+    f: dict[str, str] = {}
+    amp = regimes()["amp"]
+    N7 = n_params("llama-7b")
+    # NF4
+    bits, dq_bits = nf4_bits(BIG), nf4_bits(BIG, double_quant=True)
+    f["nf4.bits"] = fixed(bits, 3)
+    f["nf4.formula"] = f"$4 + \\frac{{{8 * FP32}}}{{{NF4_BLOCK}}}$"
+    f["nf4.bytes"] = fixed(bits / 8, 4)
+    fp16_scale_bytes = 0.5 + FP16 / NF4_BLOCK
+    f["nf4.bytes.fp16scales"] = fixed(fp16_scale_bytes, 5)
+    f["nf4.dq.bits"] = fixed(dq_bits, 3)
+    f["nf4.dq.saving.bits"] = fixed(bits - dq_bits, 3)
+    f["nf4.dq.saving.bytes"] = fixed((bits - dq_bits) / 8, 4)
+    lin7 = linear_weight_count("llama-7b")
+    f["nf4.dq.saving.l7b"] = mib(lin7 * (bits - dq_bits) / 8, 0)
+    # traces: LLaMA-7B and MiniGPT-85M
+    l_full, l_lora = trace(**LLAMA), trace(**LLAMA, method="lora", **ADAPT)
+    m_full, m_lora, m_qlora = trace(**MINI), trace(**MINI, method="lora", **ADAPT), trace(**MINI, method="qlora", **ADAPT)
+    f["trace.l7b.full.peak"] = gib(l_full["peak"])
+    f["trace.l7b.full.perparam"] = fixed(l_full["peak"] / N7, 1)
+    f["trace.l7b.lora.peak"] = gib(l_lora["peak"])
+    f["trace.l7b.lora.copies"] = gib(l_lora["buckets"]["weight_copies"])
+    f["trace.l7b.qlora.peak"] = gib(trace(**LLAMA, method="qlora", **ADAPT)["peak"])
+    f["trace.mini.full.act"] = gib(act(m_full))
+    f["trace.mini.lora.act"] = gib(act(m_lora))
+    f["trace.mini.lora.act.ratio"] = pct(act(m_lora) / act(m_full), 0)
+    m_qv = trace(**MINI, method="lora")
+    f["trace.mini.loraqv.act"] = gib(act(m_qv))
+    f["trace.mini.loraqv.act.ratio"] = pct(act(m_qv) / act(m_full), 0)
+    f["trace.mini.lora.vs.full"] = pct(m_lora["peak"] / m_full["peak"], 0)
+    f["trace.mini.qlora.vs.lora"] = pct(m_qlora["peak"] / m_lora["peak"], 0)
+    f["mini.shape"] = f"$B$ = {MINI['batch']}, $T$ = {MINI['seq']}"
+    f["llama.shape"] = f"$B$ = {LLAMA['batch']}, $T$ = {LLAMA['seq']}"
+    # attention: same tokens, two shapes
+    long_b = ROBERTA_B * ROBERTA_SHORT // (ROBERTA_SHORT * ROBERTA_SCALE)
+    e_short = roberta("amp-fp16", "full", 1, attention="eager")
+    e_long = roberta("amp-fp16", "full", ROBERTA_SCALE, batch=long_b, attention="eager")
+    f["attn.eager.extra"] = auto(e_long["peak"] - e_short["peak"])
+    f["attn.short"] = f"{ROBERTA_B} × {ROBERTA_SHORT}"
+    f["attn.long"] = f"{long_b} × {ROBERTA_SHORT * ROBERTA_SCALE}"
+    # checkpointing: traced with CPU kernel semantics (the CUDA simulation cannot recompute blocks yet)
+    c0, c1 = trace(**MINI, semantics="cpu"), trace(**MINI, semantics="cpu", checkpointing=True)
+    f["ckpt.act"], f["ckpt.act.on"] = gib(act(c0)), gib(act(c1))
+    f["ckpt.factor"] = times(act(c0) / act(c1))
+    f["ckpt.peak"], f["ckpt.peak.on"] = gib(c0["peak"]), gib(c1["peak"])
+    f["ckpt.compute"] = pct(1 / (1 + BACKWARD_OVER_FORWARD), 0)
+    # learner
+    f["learner.B"], f["learner.T"] = str(ROBERTA_B), str(ROBERTA_SHORT)
+    f["learner.T8"], f["learner.scale"] = str(ROBERTA_SHORT * ROBERTA_SCALE), str(ROBERTA_SCALE)
+    f["learner.lora.dropout"] = str(ROBERTA_LORA["dropout"])
+    f["learner.model.dropout"] = str(_roberta_dropout())
+    g = {(p, m, s): roberta(p, m, s) for p in ("fp32", "amp-fp16") for m in ("full", "lora")
+         for s in (1, ROBERTA_SCALE)}
+    full32s, full32l = g["fp32", "full", 1], g["fp32", "full", ROBERTA_SCALE]
+    f["learner.grads"] = auto(_final_grads(full32s))
+    f["learner.act.fp32.full.short"] = gib(act(full32s))
+    f["learner.act.fp32.full.long"] = gib(act(full32l))
+    f["learner.act.growth"] = fixed(act(full32l) / act(full32s), 1)
+    f["learner.amp.saving.short"] = pct(1 - g["amp-fp16", "full", 1]["peak"] / full32s["peak"], 0)
+    f["learner.amp.saving.long"] = pct(1 - g["amp-fp16", "full", ROBERTA_SCALE]["peak"] / full32l["peak"], 0)
+    f["learner.peak.amp.lora.long"] = gib(g["amp-fp16", "lora", ROBERTA_SCALE]["peak"])
+    f["learner.peak.amp.full.long"] = gib(g["amp-fp16", "full", ROBERTA_SCALE]["peak"])
+    sf, sl = g["amp-fp16", "full", ROBERTA_SCALE]["start"], g["amp-fp16", "lora", ROBERTA_SCALE]["start"]
+    states = lambda s: sum(s.get(k, 0) for k in ("weights_trainable", "weights_frozen", "gradients", "optimizer"))  # noqa: E731
+    f["learner.states.saved"] = gib(states(sf) - states(sl))
+    # corrections to the draft
+    for k, v in DRAFT.items():
+        f[f"draft.{k}"] = v
+    f["fix.full7b"] = f"{gb(16 * 7e9)} = {gib(16 * 7e9)}"
+    f["fix.full7b.true"] = f"{amp.persistent}N = {gb(amp.persistent * N7)} = {gib(amp.persistent * N7)}"
+    f["fix.lora_base"] = f"{gb(BF16 * N7)} = {gib(BF16 * N7)}"
+    f["fix.lora_base.amp"] = gib(FP32 * N7 + BF16 * all_linear_weights("llama-7b"))
+    f["fix.lora_base.draft"] = f"2 × 7e9 B = {gb(2 * 7e9)} = {gib(2 * 7e9)}"
+    f["fix.lora_adapters.draft"] = f"16 × 19e6 B = {mb(16 * 19e6)} = {mib(16 * 19e6)}"
+    f["fix.qlora_base.draft"] = f"0.56 × 7e9 B = {gb(0.56 * 7e9, 2)} = {gib(0.56 * 7e9)}"
+    f["fix.lora_adapters"] = mib(amp.persistent * n_lora("llama-7b", "all", 8))
+    f["fix.lora_adapters.qv"] = mib(amp.persistent * n_lora("llama-7b", "qv", 8))
+    f["fix.nf4"] = f"0.5 + {FP32}/{NF4_BLOCK} = {fixed(bits / 8, 4)}"
+    f["fix.nf4.ratio"] = times(BF16 / (bits / 8), 2)
+    from minigpt.nf4 import nf4_nbytes
+    shapes = [(n, i, o) for n, i, o in _linears("llama-7b")]
+    nf4_total = sum(nf4_nbytes(i * o) for n, i, o in shapes if n != "lm_head")
+    rest = N7 - lin7
+    f["fix.qlora_base"] = gib(nf4_total + BF16 * rest)
+    qlora_states = nf4_total + BF16 * rest + amp.persistent * n_lora("llama-7b", "all", 8)
+    f["fix.ratio"] = times(amp.persistent * N7 / qlora_states, 0)
+    f["fix.qlora_states"] = gib(qlora_states)
+    f["fix.mini.states"] = ", ".join(
+        auto(states(t["start"])) for t in (m_full, m_lora, m_qlora))
+    return f
+    return f
+
+
+def t_buckets(lang: str) -> str:
+    rows = [[f"`{k}`", tr(lang, *BUCKET_TEXT[k])] for k in BUCKETS]
+    return table([tr(lang, "bucket", "cubeta"), tr(lang, "what it holds", "qué contiene")], rows, "ll")
+
+
+def t_regimes(lang: str) -> str:
+    names = {"fp32": ("fp32", "fp32"), "amp": ("AMP (`torch.autocast`)", "AMP (`torch.autocast`)"),
+             "fp16-master": ("fp16 + fp32 master (ZeRO, draft)", "fp16 + maestra fp32 (ZeRO, borrador)"),
+             "bf16": ("pure bf16", "bf16 puro")}
+    rows = []
+    for k, r in regimes().items():
+        w = " + ".join(str(b) for _, b in r.parts) if r.parts else str(r.weights)
+        rows.append([tr(lang, *names[k]), w, str(r.grads), f"{ADAM_MOMENTS} × {r.optimizer // ADAM_MOMENTS}",
+                     f"**{r.persistent}**", str(r.low_copy), f"**{r.peak}**"])
+    head = [tr(lang, "regime", "régimen"), tr(lang, "weights", "pesos"), tr(lang, "gradients", "gradientes"),
+            tr(lang, "AdamW moments", "momentos AdamW"), tr(lang, "persistent", "persistente"),
+            tr(lang, "16-bit copies in the step", "copias de 16 bits en el paso"), tr(lang, "peak", "pico")]
+    return tr(lang, "Bytes per trainable parameter (the 16-bit copies: per weight of a linear layer).\n\n",
+              "Bytes por parámetro entrenable (las copias de 16 bits: por peso de una capa lineal).\n\n") + table(head, rows)
+
+
+def t_frozen(lang: str) -> str:
+    bits, dq = nf4_bits(BIG), nf4_bits(BIG, double_quant=True)
+    lin = linear_weight_count("llama-7b")
+    rows = [["fp32", str(FP32), fixed(8 * FP32, 3), gib(FP32 * lin)],
+            ["bf16 / fp16", str(BF16), fixed(8 * BF16, 3), gib(BF16 * lin)],
+            [tr(lang, "fp32 under AMP (+ 16-bit copies in the step)", "fp32 con AMP (+ copias de 16 bits en el paso)"),
+             f"{FP32} + {BF16}", fixed(8 * (FP32 + BF16), 3), gib((FP32 + BF16) * lin)],
+            [tr(lang, "NF4, fp32 absmax per 64 (`bitsandbytes`)", "NF4, absmax fp32 cada 64 (`bitsandbytes`)"),
+             fixed(bits / 8, 4), fixed(bits, 3), gib(bits / 8 * lin)],
+            [tr(lang, "NF4 + double quantisation", "NF4 + doble cuantización"), fixed(dq / 8, 4), fixed(dq, 3),
+             gib(dq / 8 * lin)]]
+    head = [tr(lang, "frozen weights stored as", "pesos congelados guardados como"),
+            tr(lang, "bytes/weight", "bytes/peso"), tr(lang, "bits/weight", "bits/peso"),
+            tr(lang, f"LLaMA-7B linear layers ({num(lin)} weights)",
+               f"capas lineales de LLaMA-7B ({num(lin)} pesos)")]
+    return table(head, rows)
+
+
+def t_attention(lang: str) -> str:
+    long_b = ROBERTA_B * ROBERTA_SHORT // (ROBERTA_SHORT * ROBERTA_SCALE)
+    rows = []
+    for attention in ("sdpa", "eager"):
+        s = roberta("amp-fp16", "full", 1, attention=attention)
+        l = roberta("amp-fp16", "full", ROBERTA_SCALE, batch=long_b, attention=attention)  # noqa: E741
+        name = tr(lang, "fused (SDPA)", "fusionada (SDPA)") if attention == "sdpa" else tr(lang, "eager", "explícita (eager)")
+        for shape, t in ((f"{ROBERTA_B} × {ROBERTA_SHORT}", s), (f"{long_b} × {ROBERTA_SHORT * ROBERTA_SCALE}", l)):
+            rows.append([name, shape, gib(t["phases"]["forward"]["buckets"]["activations"]), gib(t["peak"])])
+    head = [tr(lang, "attention", "atención"), "$B \\times T$", tr(lang, "activations (end of forward)",
+            "activaciones (fin del forward)"), tr(lang, "peak", "pico")]
+    return table(head, rows)
+
+
+def t_zero(lang: str) -> str:
+    N, G = n_params("llama-7b"), ZERO_GPUS
+    w, g, k = FP16, FP16, FP32 + ADAM_MOMENTS * FP32      # ZeRO's 2 + 2 + K, K = 12
+    stages = [(0, w + g + k), (1, w + g + k / G), (2, w + (g + k) / G), (3, (w + g + k) / G)]
+    names = {0: tr(lang, "no sharding (DDP)", "sin partición (DDP)"),
+             1: tr(lang, "ZeRO-1: optimizer state", "ZeRO-1: estado del optimizador"),
+             2: tr(lang, "ZeRO-2: + gradients", "ZeRO-2: + gradientes"),
+             3: tr(lang, "ZeRO-3 / FSDP `FULL_SHARD`: + weights", "ZeRO-3 / FSDP `FULL_SHARD`: + pesos")}
+    rows = [[names[s], fixed(b, 2), gib(b * N)] for s, b in stages]
+    head = [tr(lang, "stage", "etapa"), tr(lang, "bytes/parameter per GPU", "bytes/parámetro por GPU"),
+            tr(lang, "LLaMA-7B per GPU", "LLaMA-7B por GPU")]
+    return table(head, rows)
+
+
+def _footprint_rows(lang: str) -> list[list[str]]:
+    rows = []
+    for model, base in (("minigpt-85m", MINI), ("llama-7b", LLAMA)):
+        for method in ("full", "lora", "qlora"):
+            d, how = trace(**base, method=method, **(ADAPT if method != "full" else {})), "trace"
+            rows.append([MODELS[model], tr(lang, *METHOD_TEXT[method])] + _buckets_row(d, lang)
+                        + [f"**{auto(d['peak'])}**", _how(how, lang)])
+    return rows
+
+
+def t_footprint(lang: str) -> str:
+    head = ([tr(lang, "model", "modelo"), tr(lang, "method", "método")]
+            + [tr(lang, *BUCKET_SHORT[k]) for k in BUCKETS] + [tr(lang, "peak", "pico"), tr(lang, "how", "cómo")])
+    return table(head, _footprint_rows(lang), "ll" + "r" * (len(BUCKETS) + 1) + "l")
+
+
+def t_learner(lang: str) -> str:
+    rows = []
+    for p in ("fp32", "amp-fp16"):
+        for s in (1, ROBERTA_SCALE):
+            full, lora = roberta(p, "full", s), roberta(p, "lora", s)
+            for name, t in (("full", full), ("lora", lora)):
+                b = t["phases"]["forward"]["buckets"]
+                rows.append([tr(lang, "fp16 (AMP)", "fp16 (AMP)") if p == "amp-fp16" else "fp32",
+                             str(ROBERTA_SHORT * s), tr(lang, *{"full": ("full", "completo"), "lora": ("LoRA", "LoRA")}[name]),
+                             auto(sum(t["start"][k] for k in ("weights_trainable", "weights_frozen", "gradients", "optimizer"))),
+                             auto(b["activations"]), auto(b["weight_copies"]), f"**{gib(t['peak'])}**"])
+    head = [tr(lang, "precision", "precisión"), "$T$", tr(lang, "method", "método"),
+            tr(lang, "model states", "estados del modelo"), tr(lang, "activations (end of forward)", "activaciones (fin del forward)"),
+            tr(lang, "weight copies", "copias de pesos"), tr(lang, "peak", "pico")]
+    return table(head, rows, "lrlrrrr")
+
+
+TABLES = {"table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen,
+          "table.attention": t_attention, "table.zero": t_zero, "table.footprint": t_footprint,
+          "table.learner": t_learner}

@@ -1,0 +1,131 @@
+"""grade.md: a learner's report in Markdown, and the summary table of every learner.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    text = json.dumps(v, ensure_ascii=False)
+    return text if len(text) <= 80 else text[:79] + "…"
+
+
+def _fmt_values(got: Any, values: dict[str, Any] | None) -> str:
+    parts = [] if got is None else [_fmt(got)]
+    parts += [f"{k}={_fmt(v)}" for k, v in (values or {}).items() if k != "error"]
+    return "; ".join(parts) or "—"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+_STATUS_WORDS = {"completed": "ran to the end", "kernel_died": "KERNEL DIED",
+                 "notebook_timeout": "TIME LIMIT", "killed": "KILLED (time limit)",
+                 "failed_to_start": "DID NOT START", "unreadable": "UNREADABLE FILE",
+                 "not_started": "not started"}
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    name = report["learner"]
+    out = [f"# Grade — {name}", ""]
+    prof = report["profile"]
+    if "problem" in prof:
+        out.append(f"Profile: not read ({prof['problem']})")
+    else:
+        gpu = f", {prof['gpu_memory_gib']:g} GiB GPU" if prof.get("gpu_memory_gib") else ""
+        out.append(f"Profile: language {prof['language']}, hardware {prof['hardware']}{gpu}, phase {prof['phase']}.")
+    s = report["settings"]
+    out += [f"Graded {report['graded_at']} in {report['runtime_s']:.1f} s; kernel `{s['kernel']}`, "
+            f"time limits {s['cell_timeout_s']:g} s per cell and {s['notebook_timeout_s']:g} s per notebook.",
+            f"Isolation of each notebook run: a fresh kernel in a subprocess, working in a temporary copy "
+            f"of learners/{name}/; {report['isolation']['how']}.",
+            f"Learner's files unchanged by grading: {'yes' if report['learner_files_unchanged'] else 'NO'}.", ""]
+    if report["nothing_to_grade"]:
+        out += [f"**Nothing to grade:** there are no labs in labs/ and no notebooks in learners/{name}/labs/ "
+                f"yet. Run `make start LEARNER={name}` once the labs exist.", ""]
+        return "\n".join(out)
+    out += [f"**Checks passed: {report['passed']} of {report['total']}.** Written answers are not "
+            "auto-graded: they are listed under each lab beside the reference answer.", "",
+            "| Lab | Checks passed | Run | Runtime | Hardware path |", "|---|---|---|---|---|"]
+    for lab in report["labs"]:
+        run = _STATUS_WORDS.get(lab["status"], lab["status"])
+        if lab["errors"]:
+            run += f", {len(lab['errors'])} cell error{'s' if len(lab['errors']) > 1 else ''}"
+        out.append(f"| {lab['lab']} | {lab['passed']}/{lab['total']} | {run} "
+                   f"| {lab['runtime_s']:.1f} s | {_cell(lab['hardware'] or '—')} |")
+    if report["ignored_notebooks"]:
+        out += ["", f"Not graded (not named like a lab, or a second copy): {', '.join(report['ignored_notebooks'])}."]
+    out += ["", "What is compared: **yours** is what the check recorded in your notebook's run; "
+            "**expected** is what that check compared it with in the same run (the package's reference "
+            "implementation on the same inputs, or a constant in the check cell); **solution run** is the "
+            "same check's record when the solution notebook ran in this grading (cached by content hash).", ""]
+    for lab in report["labs"]:
+        words = _STATUS_WORDS.get(lab["status"], lab["status"])
+        out += [f"## Lab {lab['lab']} — {lab['notebook'] or lab['lab_notebook'] or ''}", "",
+                f"Run: {words}" + ("" if lab["message"] == words else f" — {lab['message']}") + "."]
+        ref = lab["reference"]
+        if ref is None:
+            out.append("Solution run: none (no solution notebook, or reference runs switched off).")
+        elif ref["status"] != "completed":
+            out.append(f"Solution run: **{ref['status']}** — {ref['message']}; the reference column is empty "
+                       f"and the list of checks may be incomplete.")
+        else:
+            out.append(f"Solution run: {ref['runtime_s']:.1f} s, {ref['hardware']}.")
+        if lab["checks"]:
+            out += ["", "| Check | Result | Message | Yours | Expected | Solution run |", "|---|---|---|---|---|---|"]
+            for c in lab["checks"]:
+                mark = {"passed": "✔ pass", "failed": "✘ fail", "not run": "✘ not run"}[c["state"]]
+                r = c["reference"]
+                ref_txt = "—" if r is None else (("" if r["passed"] else "(failed in the solution!) ")
+                                                 + _fmt_values(r["got"], r["values"]))
+                out.append(f"| {c['name']} | {mark} | {_cell(c['message'])} | {_cell(_fmt_values(c['got'], c['values']))} "
+                           f"| {_cell(_fmt(c['expected']))} | {_cell(ref_txt)} |")
+        elif lab["status"] != "not_started":
+            out += ["", "No checks ran."]
+        if lab["errors"]:
+            out += ["", "Cells that raised an error:"]
+            for e in lab["errors"]:
+                kind = " (exercise cell)" if e["exercise"] else ""
+                note = f" — {e['note']}" if e["note"] else ""
+                out.append(f"- cell {e['cell']}{kind} `{_cell(e['first_line'])}`: {e['ename']}: {_cell(e['evalue'])}{note}")
+        if lab["fallbacks"]:
+            out += ["", f"Fell back to the reference implementation for: {', '.join(lab['fallbacks'])}."]
+        cells = lab.get("cells") or {}
+        if cells.get("changed"):
+            out += ["", "Cells of the lab the learner changed (outside exercises and answers): "
+                    + "; ".join(f"cell {c['cell']} `{_cell(c['first_line'])}`" for c in cells["changed"]) + "."]
+        if cells.get("removed"):
+            out += ["", f"Code cells of the lab the learner deleted: {cells['removed']}."]
+        for a in lab["answers"]:
+            out += ["", f"### Written answer `{a['id']}` (not auto-graded)", "", "Learner:", ""]
+            out += _quote(a["answer"] if a["answer"] else f"*({a['note']})*")
+            out += ["", "Reference:", ""]
+            out += _quote(a["reference"] or "*(no reference answer in the solution)*")
+        out.append("")
+    return "\n".join(out)
+
+
+def _quote(text: str) -> list[str]:
+    return ["> " + line if line.strip() else ">" for line in text.strip().splitlines()]
+
+
+def summary_table(reports: list[dict[str, Any]]) -> str:
+    rows = [("Learner", "Labs", "Checks passed", "Problems", "Time")]
+    for r in reports:
+        problems = [f"{l['lab']}: {_STATUS_WORDS.get(l['status'], l['status'])}" for l in r["labs"]
+                    if l["status"] != "completed"]
+        rows.append((r["learner"], str(len(r["labs"])), f"{r['passed']}/{r['total']}",
+                     "nothing to grade" if r["nothing_to_grade"] else (", ".join(problems) or "—"),
+                     f"{r['runtime_s']:.1f} s"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

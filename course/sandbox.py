@@ -1,0 +1,176 @@
+"""Run one notebook in a fresh kernel, isolated: a worker subprocess (course/nbrun.py) in its own
+process group and, where this machine allows it, its own network namespace, with per-cell and
+per-notebook time limits. What the grader and the tests use to execute a learner's notebook.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .checks import CHECKS_FILE_ENV, read_checks_file
+from .learner import PROFILE_ENV
+
+
+_NETNS_PROBE = ("import socket, sys\n"
+                "names = [n for _, n in socket.if_nameindex()]\n"
+                "sys.exit(0 if set(names) <= {'lo'} else 3)\n")
+
+
+@dataclass
+class Isolation:
+    prefix: list[str]   # command prefix for the worker, e.g. ["unshare", "-rn", ...]
+    network: str        # "none" or "not restricted"
+    how: str            # one line for the report
+
+
+_ISOLATION_CACHE: dict[bool, "Isolation"] = {}
+
+
+def detect_isolation(network: bool = True) -> Isolation:
+    """The strongest isolation this machine allows: try ``unshare`` (Linux) with a new network
+    namespace (and a PID namespace, so the kernel dies with its worker); probe that the network
+    really is gone. Falls back to no network isolation, and says so."""
+    if not network:
+        return Isolation([], "not restricted", "network isolation switched off (--no-network-isolation)")
+    if network in _ISOLATION_CACHE:
+        return _ISOLATION_CACHE[network]
+    result = Isolation([], "not restricted", "no network isolation: this is not Linux")
+    unshare = shutil.which("unshare")
+    if sys.platform.startswith("linux") and not unshare:
+        result = Isolation([], "not restricted", "no network isolation: the `unshare` command is missing")
+    elif sys.platform.startswith("linux"):
+        why = "unknown"
+        for flags in (["-rn", "--fork", "--pid", "--kill-child"], ["-rn"], ["-n"]):
+            try:
+                proc = subprocess.run([unshare, *flags, sys.executable, "-c", _NETNS_PROBE],
+                                      capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                why = str(exc)
+                continue
+            if proc.returncode == 0:
+                pid_ns = "--pid" in flags
+                result = Isolation([unshare, *flags], "none",
+                                   f"no network (Linux network namespace via `unshare {' '.join(flags)}`"
+                                   + ("; a PID namespace kills the kernel with its worker)" if pid_ns else ")"))
+                break
+            why = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        else:
+            result = Isolation([], "not restricted",
+                               f"no network isolation: `unshare` is not permitted here ({why})")
+    _ISOLATION_CACHE[network] = result
+    return result
+
+
+@dataclass
+class Execution:
+    status: str            # completed | kernel_died | notebook_timeout | killed | failed_to_start | unreadable
+    message: str
+    runtime_s: float
+    cells: list[dict[str, Any]] = field(default_factory=list)    # per executed code cell
+    records: list[dict[str, Any]] = field(default_factory=list)  # from the checks file
+    isolation: str = ""
+
+    @property
+    def env(self) -> dict[str, Any] | None:
+        envs = [r for r in self.records if r.get("kind") == "env"]
+        return envs[-1] if envs else None
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """The last record of each check, by name."""
+        out: dict[str, dict[str, Any]] = {}
+        for r in self.records:
+            if r.get("kind") == "check":
+                out.pop(r["name"], None)
+                out[r["name"]] = r
+        return out
+
+
+def _child_env(checks_file: Path, profile: str, scratch: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        CHECKS_FILE_ENV: str(checks_file),
+        PROFILE_ENV: profile,                       # "" = no profile (the solution runs)
+        "IPYTHONDIR": str(scratch / "ipython"),     # no learner/instructor IPython startup files
+        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
+        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
+    })
+    return env
+
+
+def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str] | None = None,
+                     cell_timeout: float = 300, notebook_timeout: float = 900,
+                     kernel_name: str = "python3", profile: str = "",
+                     isolation: Isolation | None = None) -> Execution:
+    """Execute the notebook at ``path`` (a copy: its outputs are not written back) in a fresh
+    kernel run by a worker subprocess; every failure becomes an Execution status, never an
+    exception. ``cwd`` defaults to the notebook's folder; ``profile`` sets $MINIGPT_PROFILE."""
+    path = Path(path).resolve()
+    cwd = Path(cwd).resolve() if cwd is not None else path.parent
+    isolation = isolation if isolation is not None else detect_isolation()
+    scratch = Path(tempfile.mkdtemp(prefix="minigpt-run-"))
+    checks_file, status_file = scratch / "checks.jsonl", scratch / "status.json"
+    cmd = [*isolation.prefix, sys.executable, "-I", str(Path(__file__).with_name("nbrun.py")), str(path),
+           "--cwd", str(cwd), "--scratch", str(scratch), "--kernel", kernel_name,
+           "--cell-timeout", str(cell_timeout), "--notebook-timeout", str(notebook_timeout)]
+    start = time.monotonic()
+    killed = False
+    proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(checks_file, profile, scratch),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=notebook_timeout + 90)  # + kernel start-up and shutdown
+    except subprocess.TimeoutExpired:
+        killed = True
+        _kill_group(proc.pid)
+        output, _ = proc.communicate()
+    runtime = time.monotonic() - start
+    try:
+        status = json.loads(status_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        status = {}
+    kernel_pid = status.get("kernel_pid")
+    if killed and kernel_pid and "--pid" not in isolation.prefix:
+        # the worker was killed before it could stop its kernel (which runs in its own session);
+        # inside a PID namespace the kernel already died with the worker, and its pid means nothing here
+        _kill_group(kernel_pid)
+    records = read_checks_file(checks_file)
+    shutil.rmtree(scratch, ignore_errors=True)
+    if killed:
+        st, msg = "killed", f"the notebook did not finish within {notebook_timeout:g} s and was stopped"
+    elif not status or status.get("status") == "running":
+        tail = " / ".join(output.decode(errors="replace").strip().splitlines()[-3:])
+        st, msg = "failed_to_start", f"the grading worker failed (exit code {proc.returncode}): {tail}"
+    else:
+        st, msg = status["status"], status.get("message", "")
+    return Execution(st, msg, round(runtime, 2), status.get("cells", []), records, isolation.how)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill a process and its group (POSIX); just the process elsewhere. Never raises."""
+    if hasattr(os, "killpg"):
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            return
+        except OSError:
+            pass
+    try:
+        os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
+    except OSError:
+        pass
+
+
+def _first_line(source: str) -> str:
+    for line in source.splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= 60 else line[:59] + "…"
+    return ""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import bz2
 import csv
 import importlib.metadata
-import io
 import re
 import unicodedata
 from dataclasses import dataclass

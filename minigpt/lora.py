@@ -7,7 +7,7 @@ A frozen linear layer W (out x in) gets a trainable low-rank update:
 Only A and B are trained, so a layer costs r * (in + out) trainable parameters instead of
 in * out. B starts at zero, so step 0 is exactly the base model.
 
-The public API, checked against ``peft`` 0.21.2 in tests/test_lora.py (same outputs, same
+The public API, checked against ``peft`` 0.21.2 in tests/core/test_lora.py (same outputs, same
 gradients, same trainable-parameter counts, same merged weights):
 
     LoRALinear(base, r, alpha, dropout=0.0, adapter_dtype=torch.float32)
@@ -44,6 +44,8 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .families import OUTPUT_LAYER, linear_layers  # noqa: E402
 
 ALL_LINEAR = "all-linear"
 Targets = Union[str, Sequence[str]]
@@ -343,16 +345,9 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 # ------------------------------------------------------------------------------ closed form
 def _gpt_linears(cfg) -> tuple[list[tuple[str, int, int]], set[str]]:
     """MiniGPT's linear layers (names as in minigpt.model.GPT) and its output layer."""
-    d, h, kv = cfg.n_embd, cfg.hidden, cfg.kv_heads * cfg.head_dim
-    out = []
-    for i in range(cfg.n_layer):
-        a, m = f"blocks.{i}.attn.", f"blocks.{i}.mlp."
-        out += [(a + "q_proj", d, d), (a + "k_proj", d, kv), (a + "v_proj", d, kv), (a + "o_proj", d, d)]
-        if cfg.mlp == "swiglu":
-            out.append((m + "gate_proj", d, h))
-        out += [(m + "up_proj", d, h), (m + "down_proj", h, d)]
-    out.append(("lm_head", d, cfg.vocab_size))
-    return out, {"lm_head"}
+    layers = linear_layers("minigpt", n_layer=cfg.n_layer, d=cfg.n_embd, ffn=cfg.hidden,
+                           kv_dim=cfg.kv_heads * cfg.head_dim, vocab=cfg.vocab_size, swiglu=cfg.mlp == "swiglu")
+    return [(n, i, o) for n, i, o, _ in layers], {OUTPUT_LAYER}
 
 
 def _hf_linears(cfg) -> tuple[list[tuple[str, int, int]], set[str]]:
@@ -363,29 +358,14 @@ def _hf_linears(cfg) -> tuple[list[tuple[str, int, int]], set[str]]:
         raise ValueError(f"lora_parameter_count knows GPTConfig and transformers configs of type roberta, "
                          f"bert and llama, not {kind or type(cfg).__name__!r}; pass a list of (in, out) "
                          f"shapes instead.")
-    L, d, ffn = cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size
-    out: list[tuple[str, int, int]] = []
-    if kind in ("roberta", "bert"):
-        for i in range(L):
-            p = f"{kind}.encoder.layer.{i}."
-            out += [(p + "attention.self.query", d, d), (p + "attention.self.key", d, d),
-                    (p + "attention.self.value", d, d), (p + "attention.output.dense", d, d),
-                    (p + "intermediate.dense", d, ffn), (p + "output.dense", ffn, d)]
-        if kind == "roberta":   # RobertaClassificationHead; no pooler
-            out += [("classifier.dense", d, d), ("classifier.out_proj", d, cfg.num_labels)]
-        else:                   # BERT pools the first token, then one linear
-            out += [("bert.pooler.dense", d, d), ("classifier", d, cfg.num_labels)]
-        return out, set()       # a classifier has no output embeddings: peft drops nothing
-    H = cfg.num_attention_heads                                # llama: LlamaForCausalLM
+    d = cfg.hidden_size
+    H = cfg.num_attention_heads
     Hkv = getattr(cfg, "num_key_value_heads", None) or H
     hd = getattr(cfg, "head_dim", None) or d // H
-    for i in range(L):
-        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
-        out += [(a + "q_proj", d, H * hd), (a + "k_proj", d, Hkv * hd), (a + "v_proj", d, Hkv * hd),
-                (a + "o_proj", H * hd, d), (m + "gate_proj", d, ffn), (m + "up_proj", d, ffn),
-                (m + "down_proj", ffn, d)]
-    out.append(("lm_head", d, cfg.vocab_size))
-    return out, {"lm_head"}
+    layers = linear_layers(kind, n_layer=cfg.num_hidden_layers, d=d, ffn=cfg.intermediate_size, kv_dim=Hkv * hd,
+                           q_dim=H * hd, vocab=getattr(cfg, "vocab_size", 0), n_labels=getattr(cfg, "num_labels", 2))
+    # a classifier has no output embeddings: peft drops nothing
+    return [(n, i, o) for n, i, o, _ in layers], ({OUTPUT_LAYER} if kind == "llama" else set())
 
 
 def lora_linear_shapes(spec) -> list[tuple[str, int, int]]:

@@ -16,7 +16,7 @@ quantisation* stores the scales themselves in 8 bits (blocks of 256, with the me
 first), which brings the total from 4.5 to about 4.127 bits per weight.
 
 Everything here reproduces ``bitsandbytes.functional.quantize_4bit(..., quant_type="nf4")`` on
-the CPU byte for byte (``tests/test_nf4.py`` checks it); comments mark the places where we
+the CPU byte for byte (``tests/core/test_nf4.py`` checks it); comments mark the places where we
 follow the library's exact arithmetic.
 
     q = quantize_nf4(w)                  # NF4Tensor: packed codes + scales
@@ -33,6 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+BLOCKSIZE = 64                # QLoRA's block size: one absmax per 64 weights (the default everywhere here)
 DOUBLE_QUANT_BLOCKSIZE = 256  # bitsandbytes quantises the scales in blocks of 256
 NF4_OFFSET = 0.9677083        # probability of the outermost NF4 quantile (QLoRA / bitsandbytes)
 
@@ -133,7 +134,7 @@ class NF4Tensor:
     absmax: torch.Tensor
     shape: torch.Size
     dtype: torch.dtype
-    blocksize: int = 64
+    blocksize: int = BLOCKSIZE
     absmax_offset: Optional[torch.Tensor] = None
     absmax_scale: Optional[torch.Tensor] = None
 
@@ -190,7 +191,7 @@ class NF4Tensor:
                          self.blocksize, move(self.absmax_offset), move(self.absmax_scale))
 
 
-def nf4_nbytes(numel: int, blocksize: int = 64, double_quant: bool = False) -> int:
+def nf4_nbytes(numel: int, blocksize: int = BLOCKSIZE, double_quant: bool = False) -> int:
     """Bytes of ``quantize_nf4`` of a tensor with ``numel`` elements, without building it."""
     n_blocks = -(-numel // blocksize)
     packed = (numel + 1) // 2
@@ -242,7 +243,7 @@ def _quantize_scales(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     of the scales of a Gaussian weight: near-ties, within half a grid step (1 / 65535)
     of a midpoint between two levels. The other code is usually the neighbouring level, and
     only further away among the finest levels near 0, which lie closer together than one
-    grid step. ``tests/test_nf4.py`` characterises these differences.
+    grid step. ``tests/core/test_nf4.py`` characterises these differences.
     """
     offset = absmax.mean()
     centred = absmax - offset                                                 # (n_blocks,)
@@ -258,7 +259,7 @@ def _quantize_scales(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
 
 
 # --------------------------------------------------------------------------- (de)quantise
-def quantize_nf4(w: torch.Tensor, blocksize: int = 64, double_quant: bool = False) -> NF4Tensor:
+def quantize_nf4(w: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant: bool = False) -> NF4Tensor:
     """Quantise a float tensor of any shape to NF4 in blocks of ``blocksize`` values.
 
     Matches ``bitsandbytes.functional.quantize_4bit(w, blocksize, quant_type="nf4",
@@ -351,7 +352,7 @@ class NF4Linear(nn.Module):
     the float32 scales, which forward refuses.
     """
 
-    def __init__(self, linear: nn.Linear, blocksize: int = 64, double_quant: bool = False,
+    def __init__(self, linear: nn.Linear, blocksize: int = BLOCKSIZE, double_quant: bool = False,
                  compute_dtype: torch.dtype = torch.float32):
         super().__init__()
         if not isinstance(linear, nn.Linear):
@@ -404,7 +405,7 @@ class NF4Linear(nn.Module):
                 f"compute_dtype={self.compute_dtype}")
 
 
-def quantize_model(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), blocksize: int = 64,
+def quantize_model(model: nn.Module, skip: tuple[str, ...] = ("lm_head",), blocksize: int = BLOCKSIZE,
                    double_quant: bool = False, compute_dtype: torch.dtype = torch.float32) -> nn.Module:
     """Replace the nn.Linear layers of ``model`` by NF4Linear, in place, and return the model.
 

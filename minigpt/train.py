@@ -33,10 +33,12 @@ import torch
 import torch.nn as nn
 
 from .model import GPT, GPTClassifier, GPTConfig
+from .paths import CHECKPOINTS
+from .precision import TRAINABLE, compute_dtype
 
-PRECISIONS = ("fp32", "amp-bf16", "amp-fp16")
+PRECISIONS = TRAINABLE
 # The checkpoint shipped with the repo (made by `make pretrain`, see checkpoints/MODEL_CARD.md).
-PRETRAINED_PATH = Path(__file__).resolve().parent.parent / "checkpoints" / "minigpt-small-shakespeare.pt"
+PRETRAINED_PATH = CHECKPOINTS / "minigpt-small-shakespeare.pt"
 CHECKPOINT_FORMAT = "minigpt-checkpoint-v1"
 
 Batch = tuple  # the positional arguments of model.forward, e.g. (x, y)
@@ -88,8 +90,7 @@ def autocast_context(precision: str, device: torch.device):
     if precision == "amp-fp16" and device.type != "cuda":
         raise ValueError("precision='amp-fp16' needs a CUDA GPU (fp16 training needs a GradScaler, "
                          "which the course runs on CUDA only); use 'amp-bf16' or 'fp32' on the CPU.")
-    dtype = torch.bfloat16 if precision == "amp-bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=compute_dtype(precision))
 
 
 def _loss_of(output: Any) -> torch.Tensor:

@@ -41,6 +41,14 @@ def fmt_bytes(n: int | float, unit: str = "auto") -> str:
     return f"{n / div[unit]:.2f} {unit}"
 
 
+def fmt_error(predicted: float, measured: float) -> str:
+    """A prediction's error relative to the measurement, in percent: '+1.3%' ('n/a' when the
+    measurement is 0 and the prediction is not)."""
+    if measured:
+        return f"{100 * (predicted - measured) / measured:+.1f}%"
+    return "0" if predicted == 0 else "n/a"
+
+
 # one colour per bucket, the same in every figure, bar charts and timelines alike
 # (matplotlib's tab10, in a colour-blind friendly order)
 BUCKET_COLORS: dict[str, str] = {

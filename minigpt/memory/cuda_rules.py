@@ -61,7 +61,6 @@ Rule 5, attention kernels (``SDPA``). On CUDA ``F.scaled_dot_product_attention``
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch

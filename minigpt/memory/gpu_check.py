@@ -15,16 +15,15 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 
+from ..paths import BUILD, ROOT
 from .buckets import MiB
 
-ROOT = Path(__file__).resolve().parents[2]
-# What each lab measures on a GPU: keyword arguments of minigpt.memory.cli.measure (and of estimate).
-# Small enough for a 16 GB T4; tests/test_gpu_check.py runs every case through the estimator and a trace.
+# What each lab measures on a GPU: keyword arguments of minigpt.memory.compare.measure (and of estimate).
+# Small enough for a 16 GB T4; tests/memory/test_gpu_check.py runs every case through the estimator and a trace.
 _SMALL = dict(model="small", batch=8, seq=128)
 LAB_CASES: dict[str, dict[str, dict[str, Any]]] = {
     "01": {"full, fp32": dict(_SMALL, method="full"),
@@ -45,7 +44,7 @@ LAB_CASES: dict[str, dict[str, dict[str, Any]]] = {
                                                                   targets="q,v", precision="amp-fp16",
                                                                   batch=32, seq=512)},
 }
-RUNS_DIR = ROOT / "build" / "gpu-runs"
+RUNS_DIR = BUILD / "gpu-runs"
 SKIPPED = ("No CUDA GPU: the measured-vs-predicted table was skipped. It needs torch.cuda.max_memory_allocated, "
            "which has no CPU counterpart; the CPU figures above are tracked or traced, not measured on a GPU.")
 
@@ -119,7 +118,7 @@ def format_table(lab: str, rows: list[GpuRow], meta: Mapping[str, str]) -> str:
 
 def gpu_table(lab: str, cases: Optional[Mapping[str, Mapping[str, Any]]] = None, *,
               save: bool = True) -> Optional[list[GpuRow]]:
-    """Measure each case (keyword arguments of ``minigpt.memory.cli.measure``; default the lab's
+    """Measure each case (keyword arguments of ``minigpt.memory.compare.measure``; default the lab's
     LAB_CASES) on the GPU beside its estimate, print the table and write it to build/gpu-runs/;
     on CPU print one line and return None."""
     if lab not in LAB_CASES:
@@ -128,7 +127,7 @@ def gpu_table(lab: str, cases: Optional[Mapping[str, Mapping[str, Any]]] = None,
     if not torch.cuda.is_available():
         print(SKIPPED)
         return None
-    from .cli import measure
+    from .compare import measure
     from .estimate import estimate
 
     rows = []

@@ -33,15 +33,15 @@ import torch.nn as nn
 from torch.utils._pytree import tree_map
 
 from . import cuda_rules
+from ..precision import PRECISIONS as PRECISION_TABLE, RUNNABLE
 from .buckets import BUCKETS, GiB, MiB, fmt_bytes
 from .tracker import TensorTracker
 
 MODES = ("cpu", "fake", "cuda")
 SEMANTICS = ("cpu", "cuda")
-PRECISIONS = ("fp32", "amp-fp16", "amp-bf16", "bf16", "fp16")
+PRECISIONS = RUNNABLE
 STEP_PHASES = ("forward", "backward", "optimizer")
-_DTYPES = {"amp-fp16": torch.float16, "amp-bf16": torch.bfloat16, "bf16": torch.bfloat16,
-           "fp16": torch.float16}
+_DTYPES = {k: PRECISION_TABLE[k].compute for k in RUNNABLE if k != "fp32"}
 
 ModelOrFactory = Union[nn.Module, Callable[[], nn.Module]]
 OptimizerSpec = Union[str, Callable[[list], torch.optim.Optimizer]]

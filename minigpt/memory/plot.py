@@ -35,7 +35,6 @@ def _unit(max_bytes: float, unit: str) -> tuple[str, int]:
 
 
 def _figure(ax=None):
-    import matplotlib
     if ax is not None:
         return ax.figure, ax
     from matplotlib.figure import Figure
@@ -103,7 +102,7 @@ def sweep(model: str, param: str, values: Sequence[int], measure: bool = True, m
     ``param`` ("seq" or "batch"), and plot them with peak_vs. Returns (figure, predicted, measured)."""
     if param not in ("seq", "batch"):
         raise ValueError(f"param must be 'seq' or 'batch', got {param!r}.")
-    from .cli import measure as run_measure
+    from .compare import measure as run_measure
     from .estimate import estimate
     predicted, measured = [], []
     for v in values:

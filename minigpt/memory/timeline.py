@@ -24,7 +24,7 @@ from .buckets import BUCKET_COLORS, BUCKETS, MiB, GiB
 from .measure import ModelOrFactory, OptimizerSpec, Session, label_for
 from .tracker import TensorTracker
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from ..paths import ROOT as REPO_ROOT  # noqa: E402
 
 
 @dataclass

@@ -18,7 +18,6 @@ transformers models choose their attention with ``attn_implementation="sdpa"`` (
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Optional
 
 import torch
@@ -26,7 +25,6 @@ import torch.nn as nn
 
 from ..model import PRESETS, from_preset
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # configs are built here; nothing is fetched
 
 # transformers shapes. LLaMA: Touvron et al. 2023 (table 2) and LLaMA-2 (70B: GQA with 8 kv heads);
 # RoBERTa-base and BERT-large: the published configs (hidden, layers, heads, FFN width, vocabulary).

@@ -1,0 +1,293 @@
+"""Predict the memory of one training step in closed form, bucket by bucket, without running it.
+
+    est = estimate("llama-7b", method="qlora", rank=8, targets="all-linear", precision="amp-bf16",
+                   batch=1, seq=512)
+    print(est.table())       # MiB or GiB (binary units; the table says which)
+    est.to_dict()            # integer bytes: the buckets of buckets.py, "peak", and the configuration
+
+The buckets mean what they mean in the tracker (buckets.py, tracker.py): an estimate and a
+measurement of the same setup can be compared line by line (``python -m minigpt.memory compare``).
+
+Model states (weights, gradients, optimizer state) per parameter tensor of numel n
+-----------------------------------------------------------------------------------
+=============  =========  =========  =====================================  ================
+precision      weights    gradients  AdamW state                            weight copies
+=============  =========  =========  =====================================  ================
+fp32           4n         4n         8n (+4 B step counter per tensor)      0
+amp-fp16/bf16  4n         4n         8n                                     2n per Linear weight
+bf16 / fp16    2n         2n         4n (moments in the parameter dtype)    0
+fp16-master    2n         2n         4n master copy + 8n moments = 12n      0
+=============  =========  =========  =====================================  ================
+
+So full fine-tuning costs 16 bytes per parameter in fp16-master (the accounting of Rajbhandari
+et al. 2020, "ZeRO", section 3.1: 2 + 2 + K with K = 12) and 16 bytes *persistent* in PyTorch AMP
+(4 + 4 + 8), plus 2 bytes per Linear weight for the autocast copies that live through the step:
+18 at the peak. The step counters of ``torch.optim.AdamW`` are float32 scalars on the host when
+the parameters are on a GPU (0 GPU bytes, semantics="cuda") and 4 bytes each on a CPU run.
+
+* SGD with momentum: one buffer in the parameter dtype (4n in fp32), no counter.
+* 8-bit AdamW (bitsandbytes 0.50.2 ``Optimizer2State``): for a tensor with n >= 4096 elements,
+  two uint8 states (2n) plus two float32 absmax per block of 256 (8 * ceil(n / 256)); smaller
+  tensors keep two float32 states (8n); plus the two 256-entry float32 code tables (2 KiB, shared).
+* Paged AdamW (bitsandbytes ``PagedAdamW``): float32 states, but every tensor of >= 100,000
+  elements is allocated with ``cudaMallocManaged`` (unified memory): the driver pages it to host
+  RAM when the GPU runs short, so at the peak its GPU-resident bytes are about 0. Only the states
+  of small tensors count here; the paged bytes are reported in ``Estimate.paged_bytes``.
+* LoRA: only A (r x in) and B (out x r) of each adapted layer are trainable (fp32 adapters, as
+  peft's ``autocast_adapter_dtype`` default and minigpt.lora); the base is frozen (weights_frozen).
+* QLoRA: every Linear of the base except the LM head and the classifier head is stored in NF4
+  (minigpt.nf4, bitsandbytes' format): ceil(n/2) bytes of 4-bit codes + 4 * ceil(n/64) bytes of
+  float32 absmax; with double quantisation the absmax are uint8 (ceil(n/64) bytes) plus float32
+  scales per block of 256 absmax (4 * ceil(n / 64 / 256)) and one float32 offset (4 bytes).
+* Sharding over G GPUs (ZeRO, Rajbhandari et al. 2020; FSDP's FULL_SHARD = stage 3): stage 1
+  divides the optimizer state by G, stage 2 also the gradients, stage 3 also the weights. Stage 3
+  gathers one block's weights at a time (two with prefetch): 2 blocks of weights are added to
+  weight_copies. Activations are per GPU (each GPU runs its own batch) and are not divided.
+
+Activations: what autograd saves, per transformer block
+-------------------------------------------------------
+Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer Models",
+section 4.1) count, for a GPT block in 16-bit with dropout and non-fused attention,
+``s*b*h*(34 + 5*a*s/h)`` bytes (s = sequence, b = batch, h = width, a = heads): 2 bytes for
+every saved tensor element, 1 byte for every dropout mask element. We derive the same count for
+each architecture from the model code, op by op, and add what real kernels do differently.
+With N = b*s tokens, d = width, f = MLP width, H heads, e = bytes of a matmul output (4 fp32,
+2 under autocast or in pure bf16/fp16), r = bytes of the residual stream (4 fp32 and AMP, 2 pure):
+
+MiniGPT block (pre-norm, GELU MLP, minigpt/model.py), full fine-tuning, fused attention, p = 0,
+with b*H*s logsumexp floats of the fused kernel (tests check these against the tracker):
+
+    fp32:  N*d*(4 ln_1 input + 4 q/k/v input + 12 q, k, v + 4 attention output (read by o_proj
+               in place) + 4 ln_2 input + 4 up input) + N*f*(4 GELU input + 4 down input)
+               + 2 LayerNorms * 2 * 4N (mean, rstd) + 4*b*H*s
+         = 32*N*d + 8*N*f + 16*N + 4*b*H*s          (= 64 N d + ... with f = 4d)
+    AMP:   the residual stream (LayerNorm inputs) stays fp32; every Linear saves its own 16-bit
+           cast of its input (q, k and v one each):
+           N*d*(4 + 6 + 6 + 2 + 4 + 2) + N*f*(2 + 2) + 16*N + 4*b*H*s
+         = 24*N*d + 4*N*f + 16*N + 4*b*H*s          (= 40 N d + ... with f = 4d)
+
+In pure fp16 with eager attention and dropout on CUDA the same walk gives Korthikanti's
+34*s*b*h + 5*a*s^2*b exactly, plus the LayerNorm statistics and the bool causal mask
+(tests/memory/test_estimate.py). Eager attention adds the (b, H, s, s) probabilities and copies
+of q, k, v made for the batched matmuls; dropout p > 0 adds a mask per dropout: 1 byte per
+element on CUDA (``native_dropout``), the input's dtype on CPU (semantics="cpu"), where SDPA with
+dropout also falls back to ATen's math path (three s x s fp32 tensors). On CUDA, flash /
+memory-efficient attention never store the s x s matrix and apply dropout from a seed.
+
+LoRA and QLoRA change what is saved: a frozen Linear saves no input (its weight gets no
+gradient) but, when its input needs a gradient, keeps its weight, which under autocast is a
+16-bit *copy* held until backward (weight_copies, 2 bytes per frozen Linear weight). Each adapter
+saves the 16-bit cast of its input (N*in*2, fp32 adapters under autocast; the input itself in fp32)
+and its rank-r intermediate (N*r*e). Block 0 of a LoRA model saves less: its input (frozen
+embeddings) needs no gradient. QLoRA's NF4 layers save nothing: the weight is decoded again in
+backward (6 bytes per weight of the layer while decoding: int32 codes + fp32 levels, transient).
+transformers' LLaMA is built for training with ``use_cache=False`` (minigpt.memory.zoo), as
+fine-tuning configs do: no KV cache is kept.
+
+Gradient checkpointing (per block, ``torch.utils.checkpoint``, non-reentrant) keeps each block's
+input (N*d*r) and recomputes one block at a time in backward.
+
+How the estimate is computed. The formulas above are not typed in one by one: ``forward_walk``
+walks each architecture's forward pass op by op on *symbolic* tensors (element count, bytes per
+element, requires_grad; no torch, no memory), applying to each op the rule of what autograd saves
+and what autocast casts; the activations are the sum of the saved shapes. ``replay_step`` then
+replays the step in order -- forward (saved tensors, the autocast cache, tensors in flight),
+backward in reverse (each op allocates its inputs' and parameters' gradients, then frees its
+output's gradient and what it saved; checkpointed blocks are recomputed when backward reaches
+them), optimizer step (foreach or for-loop temporaries) -- and the peak is the largest total met.
+Model states are exact sums over the parameter tensors. Everything is arithmetic on shapes:
+LLaMA-70B takes a few seconds on a laptop.
+
+The package, one concept per module: ``spec`` (the model and its parameters), ``states`` (weights,
+gradients, optimizer state), ``walk`` and ``layers`` (the symbolic forward ops), ``forward`` (one
+forward pass per family), ``replay`` (backward and the optimizer step), ``report`` (Estimate).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from ..buckets import fmt_bytes
+
+from .forward import forward_walk
+from .replay import batch_bytes, replay_step
+from .report import LABEL, Estimate
+from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZERS,
+                   PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, linear_layers,
+                   lora_plan, model_names, n_parameters, parameter_inventory, resolve_model, resolve_targets,
+                   spec_from_config)
+from .states import _param_bytes, _shard, model_states, nf4_bytes
+from .walk import _Ctx
+
+__all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZERS",
+           "PRECISIONS", "SEMANTICS", "ZERO_STAGES", "LABEL", "Estimate", "EstimateError", "ModelSpec", "PTensor",
+           "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
+           "lora_plan", "model_names", "model_states", "n_parameters", "nf4_bytes", "parameter_inventory",
+           "replay_step", "resolve_model", "resolve_targets", "spec_from_config"]
+
+
+def _positive_int(name: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise EstimateError(f"{name} must be a positive integer, got {v!r}.")
+    return v
+
+
+def _max_seq(spec: ModelSpec) -> Optional[int]:
+    if spec.family == "minigpt":
+        return spec.config.block_size
+    if spec.family == "roberta":
+        return spec.positions - 2        # positions start after the padding index (1)
+    if spec.family == "bert":
+        return spec.positions
+    return None                           # rotary: no table to run out of
+
+
+def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int = 8, alpha: float = 16.0,
+             targets: Union[str, Sequence[str]] = "q,v", double_quant: bool = False,
+             precision: str = "fp32", optimizer: str = "adamw", attention: str = "sdpa",
+             dropout: Optional[float] = None, batch: int = 1, seq: int = 128,
+             checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
+             head_trainable: bool = True, **overrides) -> Estimate:
+    """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
+
+    Args:
+        model: a name of minigpt.memory.zoo (tiny, small, minigpt-85m, roberta-base, bert-large,
+            llama-7b/13b/70b, minigpt:<preset>), a GPTConfig or a transformers Roberta/Bert/Llama
+            config. ``overrides`` change config fields (e.g. n_layer=2, num_hidden_layers=2).
+        method: "full", "lora" or "qlora" (NF4 base, minigpt.nf4 = bitsandbytes' format).
+        rank, alpha, targets: LoRA rank, scale (bytes do not depend on it) and target layers,
+            "all-linear" or names; the shorthand q, k, v, o is resolved per architecture.
+            Sequence-classification heads are trained in full (peft's task_type="SEQ_CLS").
+        double_quant: QLoRA double quantisation of the NF4 scales.
+        precision: "fp32", "amp-fp16", "amp-bf16" (torch.autocast, fp32 weights), "bf16", "fp16"
+            (pure: weights, gradients, optimizer state in 16 bits) or "fp16-master" (16-bit
+            weights and gradients, fp32 master weights in the optimizer).
+        optimizer: "adamw", "sgd" (momentum), "adamw-8bit", "paged-adamw", "paged-adamw-8bit".
+        attention: "sdpa" (fused kernel) or "eager" (materialises the T x T scores).
+        dropout: probability for every dropout of the model; None keeps the model's default
+            (MiniGPT 0, BERT/RoBERTa 0.1, LLaMA 0).
+        batch, seq: batch size and sequence length (per GPU).
+        checkpointing: gradient checkpointing of every block.
+        semantics: "cuda" (what CUDA kernels hold: bool dropout masks, flash attention, CUDA's
+            autocast lists, foreach optimizers, step counters on the host) or "cpu".
+        gpus, zero: data-parallel GPUs and ZeRO stage (0 none; 1 optimizer state, 2 + gradients,
+            3 + weights sharded; FSDP FULL_SHARD = 3).
+    """
+    _choice("method", method, METHODS)
+    _choice("precision", precision, PRECISIONS)
+    _choice("optimizer", optimizer, OPTIMIZERS)
+    _choice("attention", attention, ATTENTIONS)
+    _choice("semantics", semantics, SEMANTICS)
+    _choice("zero", zero, ZERO_STAGES)
+    batch, seq, gpus = _positive_int("batch", batch), _positive_int("seq", seq), _positive_int("gpus", gpus)
+    if method != "full":
+        _positive_int("rank", rank)
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise EstimateError(f"alpha must be a positive number (LoRA scale = alpha / rank), got {alpha!r}.")
+    if double_quant and method != "qlora":
+        raise EstimateError("double_quant applies to method='qlora' only; drop it or use method='qlora'.")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0.0 <= dropout < 1.0):
+        raise EstimateError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
+    if zero and gpus == 1:
+        pass   # allowed: ZeRO over one GPU divides by 1
+    # the model, with its attention kernel and dropout
+    name = model if isinstance(model, str) else getattr(model, "model_type", None) or type(model).__name__
+    if isinstance(model, str):
+        from .. import zoo
+        fam = None
+        try:
+            fam, key = zoo._resolve(model)
+        except ValueError:
+            raise EstimateError(f"Unknown model {model!r}; use one of: {', '.join(zoo.names())}.") from None
+        ov = dict(overrides)
+        if dropout is not None:
+            if fam == "minigpt":
+                ov["dropout"] = float(dropout)
+            elif zoo.HF_CONFIGS[key]["kind"] == "llama":
+                ov["attention_dropout"] = float(dropout)
+            else:
+                ov["hidden_dropout_prob"] = ov["attention_probs_dropout_prob"] = float(dropout)
+        if fam == "minigpt":
+            ov["attention"] = attention
+        spec = resolve_model(model, **ov)
+    else:
+        if overrides:
+            raise EstimateError("config overrides only work with a model name; change the config object instead.")
+        spec = resolve_model(model)
+        if dropout is not None:
+            spec = ModelSpec(**{**asdict_shallow(spec), "hidden_dropout": 0.0 if spec.family == "llama" else float(dropout),
+                                "attn_dropout": float(dropout)})
+    limit = _max_seq(spec)
+    if limit is not None and seq > limit:
+        raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}.")
+    tg = resolve_targets(spec, targets) if method != "full" else ()
+    states = model_states(spec, method, precision, optimizer, rank, tg, double_quant, semantics, head_trainable)
+    shapes = {n: (i, o) for n, i, o, _ in linear_layers(spec)}
+    for n in states.adapted:
+        fin, fout = shapes[n]
+        if rank > min(fin, fout):
+            raise EstimateError(f"rank={rank} is too large for layer {n!r} ({fin} -> {fout}); use rank <= {min(fin, fout)}.")
+    ctx = _Ctx(spec, batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
+               method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
+               states.head_modules, checkpointing)
+    fw = forward_walk(ctx)
+
+    # sharding (ZeRO): divide the model states each GPU keeps
+    notes: list[str] = []
+    grad_scale = 1
+    if zero >= 1:
+        states.optimizer = _shard(states.optimizer, gpus)
+    if zero >= 2:
+        grad_scale = gpus
+        states.gradients = _shard(states.gradients, gpus)
+    gather = 0
+    if zero >= 3:
+        states.weights_trainable = _shard(states.weights_trainable, gpus)
+        states.weights_frozen = _shard(states.weights_frozen, gpus)
+        block_w = sum(t.numel for t in parameter_inventory(spec) if ".0." in t.name and not t.kind.startswith("buffer"))
+        gather = 2 * block_w * _param_bytes(precision)
+        notes.append("ZeRO-3 gathers one block's weights at a time, two with prefetch: "
+                     f"{fmt_bytes(gather)} in weight_copies.")
+    peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale, opt_scale=gpus if zero >= 1 else 1,
+                        extra_copies=gather)
+    where = peaks.pop("_where", {})
+    phase = max(peaks, key=lambda p: peaks[p][0])
+    peak, split = peaks[phase]
+    if optimizer.startswith("paged"):
+        notes.append(f"paged optimizer: {fmt_bytes(states.paged)} of state (tensors >= 100,000 elements) live "
+                     "in CUDA unified memory and page out to host RAM under pressure; counted as 0 GPU bytes "
+                     "at the peak (an upper bound adds them back).")
+    if states.host and semantics == "cuda":
+        notes.append(f"AdamW step counters ({states.host} B) live on the host (non-capturable AdamW).")
+    if precision == "fp16-master":
+        notes.append("fp16-master: fp16 weights and gradients, fp32 master weights counted in optimizer "
+                     "(the ZeRO paper's K = 12 bytes per parameter for Adam).")
+    if precision.startswith("amp") and method == "full":
+        notes.append("autocast keeps a 16-bit copy of every Linear weight through the step (weight_copies): "
+                     "16 persistent bytes per parameter + 2 at the peak.")
+    if where.get(phase):
+        notes.append(f"peak at: {phase}, {where[phase]}.")
+    config = dict(model=name, method=method, rank=rank if method != "full" else None,
+                  alpha=alpha if method != "full" else None,
+                  targets=(tg if isinstance(tg, str) else ",".join(tg)) if method != "full" else None,
+                  double_quant=bool(double_quant), precision=precision, optimizer=optimizer,
+                  attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
+                  batch=batch, seq=seq, checkpointing=bool(checkpointing), semantics=semantics,
+                  gpus=gpus, zero=zero)
+    model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,
+                   "gradients": states.gradients, "optimizer": states.optimizer}
+    return Estimate(peak=peak, buckets=split, peak_phase=phase,
+                    phases={p: {"peak": v[0], "buckets": v[1]} for p, v in peaks.items()},
+                    model_state=model_state, activations=fw.activations, config=config,
+                    n_params=states.n_params, n_trainable=states.n_trainable, paged_bytes=states.paged,
+                    host_bytes=states.host, activation_terms=dict(fw.terms), notes=notes)
+
+
+def asdict_shallow(spec: ModelSpec) -> dict:
+    return {f: getattr(spec, f) for f in spec.__dataclass_fields__}
+
+
+def korthikanti_bytes(s: int, b: int, h: int, a: int, layers: int = 1) -> int:
+    """Korthikanti et al. 2022, eq. 1: activation bytes of ``layers`` GPT blocks in 16-bit with
+    dropout and non-fused attention, s*b*h*(34 + 5*a*s/h) per block."""
+    return layers * (34 * s * b * h + 5 * a * s * s * b)

@@ -5,7 +5,7 @@ Opens a lab (default labs/01-lora-from-scratch.ipynb, or $UI_LAB), runs its firs
 with Shift+Enter, types one more cell that prints the kernel's sys.prefix, and reads from the page:
   - the toolbar's kernel name, which must be the course's kernel ("Phase 28 (minigpt)"), and the
     typed cell's sys.prefix, which must be the venv `make lab` runs from;
-  - the lab header that minigpt.learner.lab_header prints ("Lab 01 — LoRA from scratch") and its
+  - the lab header that course.learner.lab_header prints ("Lab 01 — LoRA from scratch") and its
     "which path ran" line ("Device: CPU (...)" or "Device: CUDA GPU ..."), which must equal
     minigpt.device.describe_device() on this machine.
 It saves a screenshot (build/ui/<lab>.png, or $UI_SHOT) even when an assertion fails, and always
@@ -42,7 +42,7 @@ REQUIRED = os.environ.get("PHASE28_UI_REQUIRED") == "1"
 KERNELSPEC = {"name": "phase28", "display_name": "Phase 28 (minigpt)", "language": "python"}
 MAX_CELLS = 2                             # code cells run before the typed kernel check
 CELL_TIMEOUT_MS = 180_000                 # the first cell imports torch, transformers and peft
-HEADER_CALL = re.compile(r'lab_header\(\s*"(?P<id>[^"]+)",\s*title="(?P<title>[^"]+)"')
+HEADER_CALL = re.compile(r'lab_header\(\s*"(?P<id>\d\d)"')
 KERNEL_CHECK = 'import os, sys; print(f"kernel-check pid={os.getpid()} prefix={sys.prefix}")'
 LOOPBACK = {"127.0.0.1", "localhost", "[::1]", "::1"}
 
@@ -56,9 +56,10 @@ def lab_plan(nb: dict) -> tuple[str, str, int]:
     """(lab id, title, how many leading code cells to run: the bootstrap cell and the header's)."""
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     at = [i for i, c in enumerate(code[:MAX_CELLS]) if HEADER_CALL.search(c)]
-    assert at, f"{LAB.name}: one of the first {MAX_CELLS} code cells must call lab_header(\"NN\", title=\"...\")"
-    m = HEADER_CALL.search(code[at[0]])
-    return m["id"], m["title"], at[0] + 1
+    assert at, f"{LAB.name}: one of the first {MAX_CELLS} code cells must call lab_header(\"NN\")"
+    from course.lab_texts import LABS
+    lab_id = HEADER_CALL.search(code[at[0]])["id"]
+    return lab_id, LABS[lab_id].title, at[0] + 1
 
 
 def scratch_copy(nb: dict) -> Path:
@@ -214,7 +215,7 @@ def test_lab_opens_and_runs_in_the_course_kernel():
 
     # The bootstrap cell said it installed nothing (not a cloud host); then the lab header and its
     # "which path ran" line, read from the page.
-    from minigpt.cloud import NOT_ON_HOST
+    from course.cloud import NOT_ON_HOST
     if n_cells > 1:
         assert seen["code cell 1"].strip() == NOT_ON_HOST, seen["code cell 1"]
     header = seen[f"code cell {n_cells}"]

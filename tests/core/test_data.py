@@ -18,7 +18,7 @@ from minigpt.data import (RT_FILE, SHAKESPEARE_CHARS, TEST_PLAYS, VAL_PLAYS, Cha
                           MissingDataPackage, encode_corpus, lm_batch, majority_baseline, play_files,
                           rotten_tomatoes, shakespeare_text)
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 CARDS = ROOT / "minigpt" / "data_cards"
 
 

@@ -161,7 +161,7 @@ def test_qlora_step_matches_bitsandbytes_and_peft(pretrained_tiny, double_quant)
     loss_ours.backward()
     loss_theirs.backward()
 
-    # Tolerance: both models multiply bit-identical dequantised weights (tests/test_nf4.py) with
+    # Tolerance: both models multiply bit-identical dequantised weights (tests/core/test_nf4.py) with
     # the same float32 ops in the same order (linear, then x A^T B^T * alpha/r added to it), so
     # the results are expected to be bit-identical, and are with the pinned versions. We allow
     # a few float32 ulps (rtol 1e-6) in case a kernel sums in another order on another CPU;

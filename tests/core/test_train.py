@@ -7,7 +7,7 @@ import torch
 
 from minigpt.data import encode_corpus, lm_batch, shakespeare_text
 from minigpt.model import GPTClassifier, from_preset
-from minigpt.pretrain import CARD_PATH, heldout_loss
+from course.pretrain import CARD_PATH, heldout_loss
 from minigpt.repro import set_seed
 from minigpt.train import (PRETRAINED_PATH, History, evaluate, load_checkpoint, load_pretrained,
                            lr_at, save_checkpoint, train)

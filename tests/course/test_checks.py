@@ -1,4 +1,4 @@
-"""minigpt.checks: one line per check, records for the grader, and never an exception."""
+"""course.checks: one line per check, records for the grader, and never an exception."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigpt import checks
+from course import checks
 
 
 @pytest.fixture(autouse=True)

@@ -1,19 +1,16 @@
-"""scripts/generate_labs.py: labs come from solutions, deterministically, and never go stale."""
+"""course/labs.py: labs come from solutions, deterministically, and never go stale."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 FIXTURES = ROOT / "tests" / "fixtures" / "notebooks"
 
-_spec = importlib.util.spec_from_file_location("generate_labs", ROOT / "scripts" / "generate_labs.py")
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+from course import labs as gen  # noqa: E402
 
 
 def load(path: Path) -> dict:
@@ -31,7 +28,7 @@ def test_course_labs_are_up_to_date_with_solutions():
 
 def test_fixture_labs_are_up_to_date_with_fixture_solutions():
     found = gen.problems(FIXTURES / "solutions", FIXTURES / "labs")
-    assert found == [], "\n".join(found) + "\n(python scripts/generate_labs.py --solutions " \
+    assert found == [], "\n".join(found) + "\n(python course/labs.py --solutions " \
                                            "tests/fixtures/notebooks/solutions --labs tests/fixtures/notebooks/labs)"
 
 

@@ -1,4 +1,4 @@
-"""minigpt.grading on a small course built from the fixture notebooks.
+"""course.grading on a small course built from the fixture notebooks.
 
 One grading run (module fixture) covers six learners:
   alice  both labs solved (and an old copy)     -> full marks, the copy ignored
@@ -14,21 +14,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import importlib.util
 from pathlib import Path
 
 import pytest
 
-from minigpt import grading, learner
+from course import grading, learner
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 FIXTURES = ROOT / "tests" / "fixtures" / "notebooks"
 LAB1, LAB2 = "01-fixture-lora-count.ipynb", "02-fixture-gib.ipynb"
 CELL_TIMEOUT = 15  # long enough for `import torch` on a busy 2-core machine; the endless loop costs this
 
-_spec = importlib.util.spec_from_file_location("generate_labs", ROOT / "scripts" / "generate_labs.py")
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+from course import labs as gen  # noqa: E402
 
 
 def read(path: Path) -> dict:

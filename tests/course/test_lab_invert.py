@@ -13,24 +13,22 @@ something even before the course has any lab.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
 
 import pytest
 
-from minigpt.grading import cell_role, cell_source, execute_notebook
+from course.notebooks import cell_role, cell_source
+from course.sandbox import execute_notebook
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 FIXTURE_SOLUTIONS = sorted((ROOT / "tests" / "fixtures" / "notebooks" / "solutions").glob("*.ipynb"))
 COURSE_SOLUTIONS = sorted((ROOT / "solutions").glob("*.ipynb"))
 ALL_SOLUTIONS = COURSE_SOLUTIONS + FIXTURE_SOLUTIONS
 CELL_TIMEOUT, NOTEBOOK_TIMEOUT = 300, 600  # a lab takes at most 3 minutes on the CI machine
 
-_spec = importlib.util.spec_from_file_location("generate_labs", ROOT / "scripts" / "generate_labs.py")
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+from course import labs as gen  # noqa: E402
 
 CHECK_NAME_RE = re.compile(r"checks\.(?:check|check_equal|check_close|check_true)\(\s*[\"']([^\"']+)[\"']")
 
@@ -59,7 +57,7 @@ def test_solution_follows_the_authoring_conventions(solution):
     assert any(cell_role(c) == "exercise" for c in lab["cells"]), "a lab needs at least one ### BEGIN SOLUTION block"
     assert static_check_names(nb), "a lab needs at least one check with a literal name, e.g. checks.check(\"ex1-...\")"
     assert any("lab_header(" in s or "checks.start_lab(" in s for s in sources), \
-        "call minigpt.learner.lab_header(...) (or checks.start_lab) in the first code cell"
+        "call course.learner.lab_header(...) (or checks.start_lab) in the first code cell"
     hidden_assert = re.compile(r"### BEGIN HIDDEN\s*\n\s*checks\.assert_all_passed\(\)")
     assert any(hidden_assert.search(s) for s in sources), \
         "end the solution with checks.summary() and a hidden checks.assert_all_passed() (docs/AUTHORING.md)"

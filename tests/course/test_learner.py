@@ -1,4 +1,4 @@
-"""minigpt.learner: profiles, make start, and the header every lab prints first."""
+"""course.learner: profiles, make start, and the header every lab prints first."""
 from __future__ import annotations
 
 import hashlib
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import checks, learner
+from course import checks, learner
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 
 
 @pytest.fixture()

@@ -1,11 +1,11 @@
-"""minigpt.puzzle: the learner's experiment (lab 05, theory 03) -- lengths, specs, and the claims that
+"""course.puzzle: the learner's experiment (lab 05, theory 03) -- lengths, specs, and the claims that
 lab 05 and file 03 make about its traces (read from theory/traces.json, so these tests are fast)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from minigpt import docs, puzzle
+from course import docs, puzzle
 from minigpt.memory.zoo import hf_config
 
 

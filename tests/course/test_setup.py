@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 PIN = re.compile(r"([A-Za-z0-9_.\-]+)==([0-9][^\s;#]*)")
 # Packages and versions the course brief names, and packages the Makefile/tests/notebooks call.
 BRIEF_PINS = {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "bitsandbytes": "0.50.2"}

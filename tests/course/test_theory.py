@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minigpt import docs
+from course import docs
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 THEORY = ROOT / "theory"
 EN_FILES = sorted(p.name for p in THEORY.glob("*.md") if p.name != "GLOSSARY.md")
 NUMBERED = [n for n in EN_FILES if re.match(r"0\d-", n)]
@@ -145,7 +145,7 @@ def test_hand_typed_number_is_flagged():
 def test_no_number_is_typed_by_hand(path):
     loose = loose_numbers(read(path))
     assert not loose, (f"{path.name}: numbers neither generated nor allowlisted (line, number): {loose}. "
-                       f"Put them in a <!-- gen:... --> region (minigpt/docs.py) or explain them in ALLOWED.")
+                       f"Put them in a <!-- gen:... --> region (course/docs.py) or explain them in ALLOWED.")
 
 
 # ------------------------------------------------------------------------------- the twins

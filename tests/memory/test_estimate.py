@@ -10,15 +10,14 @@ import os
 import warnings
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from minigpt.lora import lora_parameter_count  # noqa: E402
 from minigpt.memory import estimate as E  # noqa: E402
 from minigpt.memory import zoo  # noqa: E402
-from minigpt.memory.buckets import BUCKETS, MODEL_STATE_BUCKETS  # noqa: E402
-from minigpt.memory.cli import accuracy_grid, format_grid, measure, measured_model_state  # noqa: E402
+from minigpt.memory.buckets import BUCKETS  # noqa: E402
+from minigpt.memory.compare import accuracy_grid, format_grid  # noqa: E402
 from minigpt.model import parameter_count, preset_config  # noqa: E402
 from minigpt.nf4 import nf4_nbytes  # noqa: E402
 from minigpt.repro import set_seed  # noqa: E402

@@ -12,17 +12,9 @@ from minigpt.memory import cuda_rules, measure_step, zoo
 from minigpt.memory.tracker import TensorTracker
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Byte counts do not depend on the thread count; many tiny kernels run faster on one thread
-    when the 2-core machine is shared (OpenMP threads otherwise wait for each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from minigpt.paths import ROOT  # noqa: E402
 
 SEVEN_B = r"""
 import json, resource, time

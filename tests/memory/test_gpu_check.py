@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from minigpt.memory import gpu_check
-from minigpt.memory.cli import measure
+from minigpt.memory.compare import measure
 from minigpt.memory.estimate import estimate
 
 
@@ -70,7 +70,7 @@ def test_gpu_path_on_a_pretend_t4_writes_the_table(tmp_path, monkeypatch, capsys
         rep.reserved = rep.peak + 2**20
         return rep
 
-    monkeypatch.setattr("minigpt.memory.cli.measure", fake_measure)
+    monkeypatch.setattr("minigpt.memory.compare.measure", fake_measure)
     rows = gpu_check.gpu_table("03")
     out = capsys.readouterr().out
     assert seen == ["fp32", "amp-fp16", "fp32"]            # bf16 ran as fp16 on sm_75
@@ -94,8 +94,8 @@ def test_out_of_memory_is_a_row_not_a_crash():
 
 
 def test_committed_gpu_runs_name_their_card_and_were_measured():
-    from pathlib import Path
-    runs = Path(__file__).resolve().parent.parent / "docs" / "gpu-runs"
+    from minigpt.paths import ROOT
+    runs = ROOT / "docs" / "gpu-runs"
     assert (runs / "README.md").is_file()
     for path in sorted(runs.glob("lab*.md")):
         text = path.read_text(encoding="utf-8")

@@ -9,14 +9,6 @@ from minigpt.memory.measure import Session
 from minigpt.repro import set_seed
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Byte counts do not depend on the thread count; many tiny kernels run faster on one thread
-    when the 2-core machine is shared (OpenMP threads otherwise wait for each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 IN, HID, OUT = 32, 64, 10
 

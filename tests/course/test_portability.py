@@ -1,21 +1,17 @@
-"""Checked outputs hold on every CPU (scripts/portability.py), and every notebook opens in the course's kernel."""
+"""Checked outputs hold on every CPU (course/portability.py), and every notebook opens in the course's kernel."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shlex
 import subprocess
 import sys
-from pathlib import Path
 
 import nbformat
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("portability", ROOT / "scripts" / "portability.py")
-port = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(port)
+from minigpt.paths import ROOT  # noqa: E402
+from course import portability as port  # noqa: E402
 
 NOTEBOOKS = sorted(ROOT.glob("solutions/*.ipynb")) + sorted(ROOT.glob("labs/*.ipynb")) \
     + sorted(ROOT.glob("tests/fixtures/notebooks/*/*.ipynb"))  # learners' copies are theirs: make start copies labs/
@@ -29,7 +25,7 @@ def test_make_test_runs_the_notebooks_under_the_test_setting():
     m = re.search(r"^NB_TEST_ENV\s*:=\s*(.+)$", makefile(), re.M)
     assert m, "Makefile: NB_TEST_ENV is gone"
     words = dict(w.split("=", 1) for w in shlex.split(m.group(1)))
-    assert words == port.SETTINGS["test"], "Makefile's NB_TEST_ENV and scripts/portability.py's 'test' setting differ"
+    assert words == port.SETTINGS["test"], "Makefile's NB_TEST_ENV and course/portability.py's 'test' setting differ"
     recipe = makefile().split("test-notebooks: $(STAMP)", 1)[1].split("\n\n", 1)[0]
     assert "env $(NB_TEST_ENV) $(PY) -m pytest" in recipe and "--nbval-lax" in recipe
 
@@ -43,7 +39,7 @@ def test_the_test_setting_differs_from_the_store_setting_in_kernels_and_threads(
 
 
 def test_env_subcommand_prints_the_setting():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "portability.py"), "env", "test"],
+    out = subprocess.run([sys.executable, "-m", "course.portability", "env", "test"],
                          capture_output=True, text=True, check=True).stdout.split()
     assert dict(w.split("=", 1) for w in out) == port.SETTINGS["test"]
 
@@ -84,7 +80,7 @@ def test_execute_restores_the_callers_environment(monkeypatch):
 
 
 def test_unknown_setting_is_one_clear_sentence():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "portability.py"), "check", "--settings", "arm"],
+    r = subprocess.run([sys.executable, "-m", "course.portability", "check", "--settings", "arm"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "unknown setting 'arm': choose from store, test" in r.stderr
 

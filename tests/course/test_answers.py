@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 SOLUTIONS = sorted(ROOT.glob("solutions/[0-9][0-9]-*.ipynb"))
 NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)+")
 

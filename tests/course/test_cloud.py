@@ -1,4 +1,4 @@
-"""The cloud-GPU path (minigpt/cloud.py, scripts/cloud_setup.py, scripts/cloud_cells.py), tested on CPU.
+"""The cloud-GPU path (course/cloud.py, scripts/cloud_setup.py, course/cloud_cells.py), tested on CPU.
 
 Colab and Kaggle cannot be reached from here, so the bootstrap cell runs in a fake host: a fresh
 virtual environment that already has a different torch ("2.5.1+cu121", as a Colab image has) and
@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from minigpt import cloud
+from course import cloud
 
-ROOT = Path(__file__).resolve().parent.parent
+from minigpt.paths import ROOT  # noqa: E402
 sys.path.insert(0, str(ROOT / "scripts"))
-import cloud_cells  # noqa: E402
-import cloud_setup  # noqa: E402
+import cloud_setup  # noqa: E402  (standard library only: it runs before anything is installed)
+
+from course import cloud_cells  # noqa: E402
 
 HOST_TORCH = "2.5.1+cu121"
 SOLUTIONS = sorted(ROOT.glob("solutions/[0-9][0-9]-*.ipynb"))
@@ -41,7 +42,7 @@ def src(cell: dict) -> str:
 # --- what the notebooks and README carry -----------------------------------------------------------
 
 def test_cloud_cells_and_links_are_up_to_date():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "cloud_cells.py"), "--check"],
+    r = subprocess.run([sys.executable, "-m", "course.cloud_cells", "--check"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -154,7 +155,8 @@ def _course_repo(dest: Path) -> str:
                  "scripts/cloud_setup.py"):
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, dest / name)
-    shutil.copytree(ROOT / "minigpt", dest / "minigpt", ignore=shutil.ignore_patterns("__pycache__"))
+    for pkg in ("minigpt", "course"):
+        shutil.copytree(ROOT / pkg, dest / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     git = ["git", "-C", str(dest), "-c", "user.email=t@example.org", "-c", "user.name=t"]
     subprocess.run(["git", "init", "-q", "-b", "main", str(dest)], check=True)
     subprocess.run(git + ["add", "-A"], check=True)

@@ -19,7 +19,7 @@ export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
-.PHONY: generate-labs start grade grade-all docs time-labs store-outputs check-portability cloud-cells kernel
+.PHONY: generate-labs start grade grade-all docs time-labs store-outputs check-portability cloud-cells kernel lint
 .PHONY: test-ui ui-chromium lab-cmd
 
 help:
@@ -37,7 +37,8 @@ help:
 	@echo "make time-labs             time every solution and unsolved lab, write the table into README.md"
 	@echo "make store-outputs         re-execute solutions/ and store their outputs (native kernels, 2 threads)"
 	@echo "make check-portability     run solutions/ under every CPU setting, diff the checked outputs"
-	@echo "make cloud-cells           rewrite the labs' Colab/Kaggle cell and links from minigpt/cloud.py"
+	@echo "make cloud-cells           rewrite the labs' Colab/Kaggle cell and links from course/cloud.py"
+	@echo "make lint                  ruff and pylint's duplicate-code (make test runs them too)"
 	@echo "make test-ui               browser smoke test: a lab in headless Chromium (needs Debian's chromium)"
 
 # --- installation -------------------------------------------------------------------------
@@ -52,8 +53,8 @@ $(PY):
 	fi
 
 # Re-runs only when a requirements file changes: installing twice is a no-op.
-$(STAMP): $(PY) requirements.txt requirements-data.txt pyproject.toml
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+$(STAMP): $(PY) requirements.txt requirements-data.txt requirements-dev.txt pyproject.toml
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps -r requirements-data.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -m ipykernel install --prefix $(VENV) --name phase28 --display-name "Phase 28 (minigpt)" >/dev/null
@@ -79,7 +80,7 @@ kernel: $(STAMP)
 	$(PY) -m ipykernel install --user --name phase28 --display-name "Phase 28 (minigpt)"
 
 check-env:
-	@if [ -x $(PY) ]; then $(PY) -m minigpt.envcheck; else python3 -m minigpt.envcheck; fi
+	@if [ -x $(PY) ]; then $(PY) -m course.envcheck; else python3 -m course.envcheck; fi
 
 # --- tests ----------------------------------------------------------------------------------
 test: $(STAMP)
@@ -93,7 +94,7 @@ test-unit: $(STAMP)
 # The notebooks' outputs are stored with the native CPU kernels on 2 threads (make store-outputs);
 # they are tested with torch's generic kernels on 1 thread, so a checked output that depends on the
 # CPU fails here, on the author's machine, not only on a newcomer's. Must equal the "test" setting
-# of scripts/portability.py (tests/test_portability.py checks it). docs/AUTHORING.md says why.
+# of course/portability.py (tests/course/test_portability.py checks it). docs/AUTHORING.md says why.
 NB_TEST_ENV := ATEN_CPU_CAPABILITY=default MKL_ENABLE_INSTRUCTIONS=SSE4_2 ONEDNN_MAX_CPU_ISA=SSE41 MINIGPT_THREADS=1
 
 test-notebooks: $(STAMP)
@@ -102,18 +103,24 @@ test-notebooks: $(STAMP)
 	  env $(NB_TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider solutions; \
 	else echo "no solution notebooks yet"; fi
 
+# ruff and pylint's duplicate-code over the packages, scripts and tests (tests/test_architecture.py runs the same)
+lint: $(STAMP)
+	$(PY) -m ruff check minigpt course scripts tests tests_ui benchmarks
+	$(PY) -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --ignore-imports=yes \
+	  --ignore-docstrings=yes --ignore-comments=yes --score=no minigpt course scripts
+
 # Authors: rewrite every lab's first code cell (the Colab/Kaggle bootstrap), its links and README's
-# table of links from minigpt/cloud.py (COURSE_REPO); then make generate-labs.
+# table of links from course/cloud.py (COURSE_REPO); then make generate-labs.
 cloud-cells: $(STAMP)
-	$(PY) scripts/cloud_cells.py
+	$(PY) -m course.cloud_cells
 
 # Authors: re-execute solutions/ in place under the storing setting (native kernels, 2 threads).
 store-outputs: $(STAMP)
-	$(PY) scripts/portability.py store $(NOTEBOOKS)
+	$(PY) -m course.portability store $(NOTEBOOKS)
 
 # Authors: execute solutions/ under every CPU setting and diff each checked output with the stored one.
 check-portability: $(STAMP)
-	$(PY) scripts/portability.py check $(NOTEBOOKS)
+	$(PY) -m course.portability check $(NOTEBOOKS)
 
 # --- browser smoke test (tests_ui/): a lab as a learner sees it -------------------------------------
 # Debian's chromium, driven by Playwright (requirements-ui.txt); never a browser download.
@@ -141,12 +148,12 @@ test-ui: ui-chromium $(UI_STAMP)
 
 # --- course artefacts -----------------------------------------------------------------------
 pretrain: $(STAMP)
-	$(PY) -m minigpt.pretrain
+	$(PY) -m course.pretrain
 
-# Rewrites the <!-- gen:... --> regions of the theory files from the package (tests/test_theory.py
+# Rewrites the <!-- gen:... --> regions of the theory files from the package (tests/course/test_theory.py
 # fails when they are stale). Fake-tensor traces are cached in theory/traces.json by code hash.
 docs: $(STAMP)
-	$(PY) -m minigpt.docs
+	$(PY) -m course.docs
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/bench_from_scratch.py
@@ -156,19 +163,19 @@ benchmark: $(STAMP)
 LEARNER ?=
 GRADE_ARGS ?=
 generate-labs: $(STAMP)
-	$(PY) scripts/generate_labs.py $(if $(PRUNE),--prune,)
+	$(PY) -m course.labs $(if $(PRUNE),--prune,)
 
 time-labs: $(STAMP)
-	$(PY) scripts/time_labs.py
+	$(PY) -m course.timing
 
 start: $(STAMP)
-	@$(PY) -m minigpt.learner start "$(LEARNER)"
+	@$(PY) -m course.learner start "$(LEARNER)"
 
 grade: $(STAMP)
-	$(PY) -m minigpt.grading "$(LEARNER)" $(GRADE_ARGS)
+	$(PY) -m course.grading "$(LEARNER)" $(GRADE_ARGS)
 
 grade-all: $(STAMP)
-	$(PY) -m minigpt.grading --all $(GRADE_ARGS)
+	$(PY) -m course.grading --all $(GRADE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -34,7 +34,8 @@ from typing import Any
 
 from .grade_report import render_markdown, summary_table
 from .notebooks import ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, lab_id_of
-from .sandbox import Execution, _first_line, detect_isolation, execute_notebook
+from .nbrun import _first_line
+from .sandbox import Execution, detect_isolation, execute_notebook
 from .learner import ROOT, load_profile, validate_name
 
 

@@ -89,7 +89,7 @@ test: $(STAMP)
 	echo "make test took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 test-unit: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest -q tests  # no windows in unit tests; notebooks keep the inline backend
+	MPLBACKEND=Agg $(PY) -m pytest -q --durations=12 tests  # no windows in unit tests; the 12 slowest are listed
 
 # The notebooks' outputs are stored with the native CPU kernels on 2 threads (make store-outputs);
 # they are tested with torch's generic kernels on 1 thread, so a checked output that depends on the

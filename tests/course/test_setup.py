@@ -70,7 +70,7 @@ def test_ci_entry_point_runs_make_test():
 def test_install_twice_is_a_no_op(tmp_path):
     # A copy of the Makefile with a fake venv whose python only records what it was asked to do:
     # this checks the stamp logic without reinstalling anything.
-    for name in ("Makefile", "requirements.txt", "requirements-data.txt", "pyproject.toml"):
+    for name in ("Makefile", "requirements.txt", "requirements-data.txt", "requirements-dev.txt", "pyproject.toml"):
         shutil.copy(ROOT / name, tmp_path / name)
     fake = tmp_path / ".venv" / "bin" / "python"
     fake.parent.mkdir(parents=True)

@@ -38,7 +38,7 @@ help:
 	@echo "make store-outputs         re-execute solutions/ and store their outputs (native kernels, 2 threads)"
 	@echo "make check-portability     run solutions/ under every CPU setting, diff the checked outputs"
 	@echo "make cloud-cells           rewrite the labs' Colab/Kaggle cell and links from course/cloud.py"
-	@echo "make lint                  ruff and pylint's duplicate-code (make test runs them too)"
+	@echo "make lint                  ruff and pylint's symilar (copied code; make test runs them too)"
 	@echo "make test-ui               browser smoke test: a lab in headless Chromium (needs Debian's chromium)"
 
 # --- installation -------------------------------------------------------------------------
@@ -103,11 +103,12 @@ test-notebooks: $(STAMP)
 	  env $(NB_TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider solutions; \
 	else echo "no solution notebooks yet"; fi
 
-# ruff and pylint's duplicate-code over the packages, scripts and tests (tests/test_architecture.py runs the same)
+# ruff over the packages, scripts and tests; pylint's symilar (copied blocks of 6+ lines) over the packages
+# and scripts. tests/test_architecture.py runs the same in make test.
 lint: $(STAMP)
 	$(PY) -m ruff check minigpt course scripts tests tests_ui benchmarks
-	$(PY) -m pylint --disable=all --enable=duplicate-code --min-similarity-lines=6 --ignore-imports=yes \
-	  --ignore-docstrings=yes --ignore-comments=yes --score=no minigpt course scripts
+	@out="$$($(VENV)/bin/symilar --duplicates=6 --ignore-docstrings --ignore-comments $$(find minigpt course scripts -name '*.py' | sort))"; \
+	echo "$$out" | grep -v '^$$' | tail -n 20; echo "$$out" | grep -q ' duplicates=0 '
 
 # Authors: rewrite every lab's first code cell (the Colab/Kaggle bootstrap), its links and README's
 # table of links from course/cloud.py (COURSE_REPO); then make generate-labs.

@@ -22,19 +22,37 @@ def fixed(x: float, digits: int = 2) -> str:
     return f"{x:.{digits}f}"
 
 
+def scaled(x: float, per: float, unit: str, digits: int) -> str:
+    """``x / per`` with ``digits`` decimals and its unit after a narrow space: scaled(3 * 2**30, GiB, "GiB", 2)."""
+    return f"{x / per:.{digits}f}{THIN}{unit}"
+
+
 def gib(b: float, digits: int = 2) -> str:
     """Bytes in GiB (2**30 bytes)."""
-    return f"{b / GiB:.{digits}f}{THIN}GiB"
+    return scaled(b, GiB, "GiB", digits)
 
 
 def gb(b: float, digits: int = 1) -> str:
     """Bytes in GB (10**9 bytes)."""
-    return f"{b / GB:.{digits}f}{THIN}GB"
+    return scaled(b, GB, "GB", digits)
 
 
 def mib(b: float, digits: int = 1) -> str:
     """Bytes in MiB (2**20 bytes)."""
-    return f"{b / MiB:.{digits}f}{THIN}MiB"
+    return scaled(b, MiB, "MiB", digits)
+
+
+def mb(b: float, digits: int = 1) -> str:
+    """Bytes in MB (10**6 bytes)."""
+    return scaled(b, 1e6, "MB", digits)
+
+
+def millions(n: float, digits: int = 2) -> str:
+    return scaled(n, 1e6, "M", digits)
+
+
+def billions(n: float, digits: int = 2) -> str:
+    return scaled(n, 1e9, "B", digits)
 
 
 def auto(b: float) -> str:
@@ -44,19 +62,6 @@ def auto(b: float) -> str:
     if abs(b) < 0.05 * MiB:
         return f"<{THIN}0.1{THIN}MiB"
     return gib(b) if abs(b) >= GiB else mib(b)
-
-
-def mb(b: float, digits: int = 1) -> str:
-    """Bytes in MB (10**6 bytes)."""
-    return f"{b / 1e6:.{digits}f}{THIN}MB"
-
-
-def millions(n: float, digits: int = 2) -> str:
-    return f"{n / 1e6:.{digits}f}{THIN}M"
-
-
-def billions(n: float, digits: int = 2) -> str:
-    return f"{n / 1e9:.{digits}f}{THIN}B"
 
 
 def pct(x: float, digits: int = 2) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 from minigpt.paths import ROOT
 
 from course import cloud
+from course.labs import render
 
 README_START, README_END = "<!-- gen:cloud-links -->", "<!-- /gen:cloud-links -->"
 # [text](../some/file) not already followed by its GitHub twin
@@ -95,17 +96,13 @@ def readme_block(labs: list[str]) -> str:
     return "\n".join([README_START, note, "", *rows, README_END])
 
 
-def _dump(nb: dict) -> str:
-    return json.dumps(nb, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-
-
 def run(check: bool, root: Path = ROOT) -> list[str]:
     """Bring every solution and README.md up to date (or, with check, list what is stale)."""
     stale = []
     paths = sorted((root / "solutions").glob("[0-9][0-9]-*.ipynb"))
     for p in paths:
         old = p.read_text(encoding="utf-8")
-        new = _dump(update_notebook(json.loads(old), p.name))
+        new = render(update_notebook(json.loads(old), p.name))
         if new != old:
             stale.append(f"{p.relative_to(root)}: its cloud cell or links differ from course/cloud.py")
             if not check:

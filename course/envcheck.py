@@ -16,17 +16,22 @@ ROOT = Path(__file__).resolve().parent.parent
 MIN_PYTHON = (3, 10)
 
 
-def pinned(path: Path) -> dict[str, str]:
-    """{package: version} from a requirements file of exact pins (comments allowed)."""
+def parse_pins(text: str, name: str = "requirements.txt") -> dict[str, str]:
+    """{package: version} from the text of a requirements file of exact pins (comments allowed)."""
     pins = {}
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         line = line.split("#", 1)[0].strip()
         m = re.fullmatch(r"([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
         if m:
             pins[m.group(1)] = m.group(2)
         elif line:
-            raise ValueError(f"{path.name}: '{line}' is not an exact pin (name==version).")
+            raise ValueError(f"{name}: '{line}' is not an exact pin (name==version).")
     return pins
+
+
+def pinned(path: Path) -> dict[str, str]:
+    """{package: version} from a requirements file of exact pins (comments allowed)."""
+    return parse_pins(path.read_text(), path.name)
 
 
 def check() -> int:

@@ -20,7 +20,8 @@ On the host, in this order:
    the course pins (memory figures depend on it), and say in one line what was done. When pip changed a
    package the kernel had already imported, say so and exit 3: the session must be restarted.
 
-Standard library only: it runs before anything of the course is installed.
+Standard library only: it runs before anything of the course is installed (course.envcheck, whose
+requirements parser it uses, is standard library only too).
 """
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run by path from the clone: its course/ is importable before it is installed
+from course.envcheck import parse_pins  # noqa: E402
 PIP = ("-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-input")
 RESTART = 3  # exit status: installed, but the kernel must be restarted to use it
 
@@ -47,30 +50,14 @@ HOST_PROVIDED = {
     "nbval": "tests only (make test)",
     "pytest": "tests only (make test)",
 }
-_PIN = re.compile(r"([A-Za-z0-9_.\-]+)==([^\s;#]+)")
-
-
 def normalise(name: str) -> str:
     """PEP 503 name: lower case, runs of -_. as one dash."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pins(text: str) -> dict[str, str]:
-    """{name: version} of a requirements file of exact pins (comments allowed)."""
-    found = {}
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if line:
-            m = _PIN.fullmatch(line)
-            if not m:
-                raise ValueError(f"'{line}' is not an exact pin (name==version); requirements.txt pins everything.")
-            found[m.group(1)] = m.group(2)
-    return found
-
-
 def cloud_requirements(requirements_txt: str) -> str:
     """The text of requirements-cloud.txt for this requirements.txt."""
-    req = pins(requirements_txt)
+    req = parse_pins(requirements_txt)
     missing = sorted(set(HOST_PROVIDED) - set(req))
     if missing:
         raise ValueError(f"HOST_PROVIDED names {', '.join(missing)}, which requirements.txt does not pin: "
@@ -127,7 +114,7 @@ def version_note(host: str, pinned: str) -> str | None:
 
 def setup(host: str, home: Path, cloned: bool, loaded: set[str], python: str = sys.executable) -> int:
     root = Path(home)
-    pinned = pins((root / "requirements.txt").read_text())["torch"]
+    pinned = parse_pins((root / "requirements.txt").read_text())["torch"]
     before = environment(python)
     torch = before["versions"].get("torch")
     with tempfile.TemporaryDirectory() as tmp:

@@ -103,12 +103,10 @@ test-notebooks: $(STAMP)
 	  env $(NB_TEST_ENV) $(PY) -m pytest -q --nbval-lax --nbval-current-env -p no:cacheprovider solutions; \
 	else echo "no solution notebooks yet"; fi
 
-# ruff over the packages, scripts and tests; pylint's symilar (copied blocks of 6+ lines) over the packages
-# and scripts. tests/test_architecture.py runs the same in make test.
+# ruff, and pylint's symilar (copied blocks of 6+ lines): the two checks of tests/test_architecture.py,
+# which make test runs too; defined there once.
 lint: $(STAMP)
-	$(PY) -m ruff check minigpt course scripts tests tests_ui benchmarks
-	@out="$$($(VENV)/bin/symilar --duplicates=6 --ignore-docstrings --ignore-comments $$(find minigpt course scripts -name '*.py' | sort))"; \
-	echo "$$out" | grep -v '^$$' | tail -n 20; echo "$$out" | grep -q ' duplicates=0 '
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py -k "ruff or copied"
 
 # Authors: rewrite every lab's first code cell (the Colab/Kaggle bootstrap), its links and README's
 # table of links from course/cloud.py (COURSE_REPO); then make generate-labs.

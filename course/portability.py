@@ -56,24 +56,29 @@ def checked_outputs(nb: Any) -> dict[int, str]:
     return out
 
 
-def execute(path: Path, setting: str, timeout: int = 600) -> tuple[Any, float]:
-    """Run ``path`` top to bottom in a fresh kernel under ``setting``; return (notebook, seconds)."""
+def run(path: Path, *, kernel: str = "python3", allow_errors: bool = False, timeout: int = 600) -> tuple[Any, float]:
+    """Run ``path`` top to bottom in a fresh kernel from its own folder; return (notebook, seconds).
+    The default kernel is the current interpreter's: the course's environment, whatever the kernelspec says."""
     sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]  # see course/nbrun.py
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, kernel_name=kernel, timeout=timeout, allow_errors=allow_errors, record_timing=False,
+                            resources={"metadata": {"path": str(path.parent)}})
+    t0 = time.perf_counter()
+    client.execute()
+    return nb, time.perf_counter() - t0
+
+
+def execute(path: Path, setting: str, timeout: int = 600) -> tuple[Any, float]:
+    """Run ``path`` top to bottom in a fresh kernel under ``setting``; return (notebook, seconds)."""
     saved = {k: os.environ.get(k) for k in _KNOBS}
     for k in _KNOBS:
         os.environ.pop(k, None)
     os.environ.update(SETTINGS[setting])
     try:
-        # The current interpreter's kernel: the course's environment, whatever the kernelspec says.
-        client = NotebookClient(nb, kernel_name="python3", timeout=timeout, allow_errors=False, record_timing=False,
-                                resources={"metadata": {"path": str(path.parent)}})
-        t0 = time.perf_counter()
-        client.execute()
-        return nb, time.perf_counter() - t0
+        return run(path, timeout=timeout)
     finally:
         for k, v in saved.items():
             if v is None:

@@ -16,11 +16,9 @@ import os
 import platform
 import re
 import sys
-import time
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
+from course.portability import run
 
 from minigpt.paths import ROOT  # noqa: E402
 START, END = "<!-- gen:lab-runtimes -->", "<!-- /gen:lab-runtimes -->"
@@ -28,12 +26,7 @@ START, END = "<!-- gen:lab-runtimes -->", "<!-- /gen:lab-runtimes -->"
 
 def run_seconds(path: Path, kernel: str, timeout: int) -> float:
     """Wall-clock seconds to execute ``path`` in a fresh kernel (errors allowed, not saved)."""
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name=kernel, timeout=timeout, allow_errors=True,
-                            resources={"metadata": {"path": str(path.parent)}})
-    t0 = time.perf_counter()
-    client.execute()
-    return time.perf_counter() - t0
+    return run(path, kernel=kernel, allow_errors=True, timeout=timeout)[1]
 
 
 def machine() -> str:

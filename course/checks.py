@@ -33,7 +33,9 @@ from typing import Any, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
-from .compare import _compare, _is_number, _one_line, _short, _with_hint, explain_exception  # noqa: E402
+from . import hints as _hints  # noqa: E402
+from .compare import _compare, _is_number, _one_line, _short, explain_exception, raised_in_cell  # noqa: E402
+from .hints import Text  # noqa: E402
 
 CHECKS_FILE_ENV = "MINIGPT_CHECKS_FILE"
 PASS_MARK, FAIL_MARK, NOTE_MARK = "✔", "✘", "ℹ"
@@ -43,9 +45,12 @@ _state: dict[str, Any] = {"lab": "", "env_written_to": None, "write_warned": Fal
 
 
 # --- the registry ---------------------------------------------------------------------------
-def start_lab(lab_id: str) -> None:
-    """Name the lab the following checks belong to (``learner.lab_header`` calls this)."""
+def start_lab(lab_id: str, language: str | None = None) -> None:
+    """Name the lab the following checks belong to, and the learner's language for hints
+    (``learner.lab_header`` calls this)."""
     _state["lab"] = str(lab_id)
+    if language is not None:
+        _hints.set_language(language)
     _write({"kind": "env", **_environment()})
 
 
@@ -57,6 +62,7 @@ def reset() -> None:
     """Forget every in-memory record (the JSON file, if any, is left alone)."""
     _RECORDS.clear()
     _state["lab"] = ""
+    _hints.reset()
 
 
 def results(lab: str | None = None, latest: bool = True) -> list[dict[str, Any]]:
@@ -96,7 +102,10 @@ def summary(lab: str | None = None) -> None:
         print(f"No checks have run in {where} yet.")
         return
     mark = PASS_MARK if passed == total else FAIL_MARK
-    print(f"{mark} Checks in {where}: {passed} of {total} passed.")
+    todo = sum(r.get("state") == "not_attempted" for r in recs)
+    wrong = total - passed - todo
+    rest = "".join(f", {n} {w}" for n, w in ((wrong, "wrong"), (todo, "not done yet")) if n)
+    print(f"{mark} Checks in {where}: {passed} of {total} passed{rest}.")
     for r in recs:
         if not r["passed"]:
             print(f"  {FAIL_MARK} {r['name']}: {r['message']}")
@@ -116,11 +125,13 @@ def assert_all_passed(lab: str | None = None) -> None:
 
 def record(name: str, passed: bool, message: str, *, what: str | None = None, got: Any = None,
            expected: Any = None, values: dict[str, Any] | None = None,
-           lab: str | None = None) -> bool:
-    """Store one check result, print its ✔/✘ line, and return ``passed``. Never raises."""
+           lab: str | None = None, state: str | None = None, hint_level: int = 0) -> bool:
+    """Store one check result, print its ✔/✘ line, and return ``passed``. Never raises.
+    ``state``: "passed", "wrong" or "not_attempted" (default: from ``passed``)."""
     try:
         rec = {"kind": "check", "lab": _state["lab"] if lab is None else str(lab),
                "name": str(name), "passed": bool(passed), "message": _one_line(message),
+               "state": "passed" if passed else (state or "wrong"), "hint_level": int(hint_level),
                "what": what, "got": _jsonable(got), "expected": _jsonable(expected),
                "values": {str(k): _jsonable(v) for k, v in (values or {}).items()},
                "time": time.time()}
@@ -135,44 +146,82 @@ def record(name: str, passed: bool, message: str, *, what: str | None = None, go
 
 
 # --- comparisons -------------------------------------------------------------------------------
-def check_equal(name: str, got: Any, expected: Any, *, what: str = "the value", hint: str | None = None,
-                values: dict[str, Any] | None = None) -> bool:
+def _finish(name: str, passed: bool, message: str, hint: Text | None, formula: Text | None,
+            depends_on: Any = None, **fields: Any) -> bool:
+    """Record a comparison's result: on a wrong answer, name a failed dependency first and add
+    the hint of the level this failure has earned (course.hints)."""
+    _hints.register(name, hint, formula)
+    level = 0
+    if not passed:
+        message = _blame_dependency(depends_on, message)
+        message, level = _hints.on_wrong(name, message)
+    return record(name, passed, message, hint_level=level, **fields)
+
+
+def _blame_dependency(depends_on: Any, message: str) -> str:
+    """``depends_on``: a check name, a list of them, or {check name: what it checks}. When one of
+    them has not passed, the learner should fix that one first: say so before the numbers."""
+    if not depends_on:
+        return message
+    deps = {depends_on: depends_on} if isinstance(depends_on, str) else (
+        dict(depends_on) if isinstance(depends_on, dict) else {d: d for d in depends_on})
+    latest = {r["name"]: r for r in results(_state["lab"] or None)}
+    for dep, what in deps.items():
+        rec = latest.get(dep)
+        if rec is None:
+            return _hints.frame("depends_not_run", what=f"`{what}`", dep=dep) + ": " + message
+        if not rec["passed"]:
+            return _hints.frame("depends", what=f"`{what}`", dep=dep) + ": " + message
+    return message
+
+
+def check_equal(name: str, got: Any, expected: Any, *, what: str = "the value", hint: Text | None = None,
+                formula: Text | None = None, values: dict[str, Any] | None = None) -> bool:
     """Pass when ``got == expected`` (tensors/arrays: same shape and every element equal)."""
     passed, message = _compare(got, expected, what, close=False)
-    return record(name, passed, _with_hint(passed, message, hint), what=what, got=got,
-                  expected=expected, values=values)
+    return _finish(name, passed, message, hint, formula, what=what, got=got, expected=expected, values=values)
 
 
 def check_close(name: str, got: Any, expected: Any, *, rtol: float = 1e-5, atol: float = 0.0,
-                what: str = "the value", hint: str | None = None,
+                what: str = "the value", hint: Text | None = None, formula: Text | None = None,
                 values: dict[str, Any] | None = None) -> bool:
     """Pass when ``|got - expected| <= atol + rtol * |expected|`` for every element (numbers,
     tensors, NumPy arrays, and lists/tuples/dicts of them)."""
     passed, message = _compare(got, expected, what, close=True, rtol=rtol, atol=atol)
-    return record(name, passed, _with_hint(passed, message, hint), what=what, got=got,
-                  expected=expected, values=values)
+    return _finish(name, passed, message, hint, formula, what=what, got=got, expected=expected, values=values)
 
 
 def check_true(name: str, condition: Any, *, what: str = "the condition", message: str | None = None,
-               hint: str | None = None, values: dict[str, Any] | None = None) -> bool:
+               hint: Text | None = None, formula: Text | None = None,
+               values: dict[str, Any] | None = None) -> bool:
     """Pass when ``condition`` is truthy. ``message`` replaces the default text."""
     try:
         passed = bool(condition)
     except Exception as exc:
         passed, message = False, f"{what} could not be read as True/False ({type(exc).__name__}: {exc})"
     text = message or (f"{what} holds" if passed else f"{what} does not hold")
-    return record(name, passed, _with_hint(passed, text, hint), what=what, values=values)
+    return _finish(name, passed, text, hint, formula, what=what, values=values)
+
+
+def hint(name: str) -> None:
+    """Print every hint of check ``name``, the formula included (run its check cell first)."""
+    level = _hints.show(name)
+    if level:
+        rec = {"kind": "hint", "lab": _state["lab"], "name": str(name), "level": level, "time": time.time()}
+        _RECORDS.append(rec)
+        _write(rec)
 
 
 class Check:
     """The handle ``with check(name) as c`` gives: ``c.equal``, ``c.close``, ``c.true`` compare
     without printing; ``c.values(...)`` adds key numbers. One line is printed when the block ends."""
 
-    def __init__(self, name: str, what: str | None, hint: str | None):
-        self.name, self.what, self.hint = name, what, hint
+    def __init__(self, name: str, what: str | None):
+        self.name, self.what = name, what
         self.parts: list[tuple[bool, str]] = []
         self.got: Any = None
         self.expected: Any = None
+        self._failed_first = False
         self._values: dict[str, Any] = {}
 
     def equal(self, got: Any, expected: Any, *, what: str | None = None) -> bool:
@@ -182,13 +231,16 @@ class Check:
               what: str | None = None) -> bool:
         return self._part(got, expected, what, close=True, rtol=rtol, atol=atol)
 
-    def true(self, condition: Any, *, what: str | None = None, message: str | None = None) -> bool:
+    def true(self, condition: Any, *, what: str | None = None, message: str | None = None,
+             detail: str | None = None) -> bool:
+        """``detail``: the numbers behind a failure, added to its message (not printed on a pass)."""
         what = what or self.what or "the condition"
         try:
             ok = bool(condition)
         except Exception as exc:
             ok, message = False, f"{what} could not be read as True/False ({type(exc).__name__})"
-        self.parts.append((ok, message or (f"{what} holds" if ok else f"{what} does not hold")))
+        text = message or (f"{what} holds" if ok else f"{what} does not hold")
+        self.parts.append((ok, text if ok or not detail else f"{text}: {detail}"))
         return ok
 
     def values(self, **key_numbers: Any) -> None:
@@ -198,29 +250,54 @@ class Check:
         what = what or self.what or "the value"
         ok, message = _compare(got, expected, what, **kw)
         self.parts.append((ok, message))
-        if self.got is None and self.expected is None:  # the first comparison is the headline
+        # the headline numbers: the first failing comparison's, else the first comparison's
+        if (self.got is None and self.expected is None) or (not ok and not self._failed_first):
             self.got, self.expected = got, expected
+            self._failed_first = not ok
         return ok
 
 
 @contextmanager
-def check(name: str, *, what: str | None = None, hint: str | None = None) -> Iterator[Check]:
-    """Run the block; any exception in it (NotImplementedError from an unsolved exercise, a
-    NameError from a cell not run, a bug) becomes a failed record with a helpful message.
-    A block that finishes without comparing anything passes ("ran without error")."""
-    c = Check(name, what, hint)
+def check(name: str, *, what: str | None = None, hint: Text | None = None, formula: Text | None = None,
+          depends_on: Any = None) -> Iterator[Check]:
+    """Run the block; any exception in it becomes a failed record with a helpful message.
+    A block that finishes without comparing anything passes ("ran without error").
+
+    ``hint`` (level 1: what to look at, never the code) and ``formula`` (level 2) follow
+    course.hints; an exercise not attempted yet (its stub raised NotImplementedError, or the
+    name it defines does not exist) gets "not done yet" and no hint. ``depends_on`` names
+    checks this one relies on (see ``_blame_dependency``)."""
+    c = Check(name, what)
     try:
         yield c
     except Exception as exc:  # KeyboardInterrupt still stops the cell (grading relies on it)
-        record(name, False, _with_hint(False, explain_exception(exc), hint), what=what,
-               values={**c._values, "error": f"{type(exc).__name__}: {exc}"})
+        values = {**c._values, "error": f"{type(exc).__name__}: {exc}"}
+        todo = _not_attempted(exc)
+        if todo is not None:
+            _hints.register(name, hint, formula)
+            record(name, False, todo, what=what, values=values, state="not_attempted")
+        else:
+            _finish(name, False, explain_exception(exc), hint, formula, depends_on, what=what, values=values)
         return
     if not c.parts:
         c.parts.append((True, f"{what or 'your code'} ran without error"))
     passed = all(ok for ok, _ in c.parts)
     message = "; ".join(m for ok, m in c.parts if passed or not ok)  # on failure: what failed
-    record(name, passed, _with_hint(passed, message, hint), what=what, got=c.got,
-           expected=c.expected, values=c._values)
+    _finish(name, passed, message, hint, formula, depends_on, what=what, got=c.got, expected=c.expected,
+            values=c._values)
+
+
+def _not_attempted(exc: BaseException) -> str | None:
+    """The "not done yet" message when ``exc`` says the exercise has not been attempted: a stub's
+    NotImplementedError raised in a notebook cell, or a NameError raised by the check cell itself
+    (the name the exercise defines does not exist). None for anything else (a bug to report)."""
+    where = raised_in_cell(exc)
+    if isinstance(exc, NotImplementedError) and where is not None:
+        place = f"`{where}`" if where != "<module>" else _hints.frame("not_done_place")
+        return _hints.frame("not_done", place=place)
+    if isinstance(exc, NameError) and where == "<module>":
+        return _hints.frame("not_defined", name=getattr(exc, "name", None) or _short(str(exc), 60))
+    return None
 
 
 # --- fallback -------------------------------------------------------------------------------

@@ -11,10 +11,6 @@ from typing import Any
 def explain_exception(exc: BaseException) -> str:
     """One sentence for a failed check block, naming where the learner should look."""
     where = _learner_frame(exc)
-    if isinstance(exc, NotImplementedError):
-        place = f"`{where}`" if where and where != "<module>" else "the exercise cell above"
-        return (f"not done yet: {place} still raises NotImplementedError; "
-                f"write your code in its exercise cell, delete the raise line, and run that cell again")
     if isinstance(exc, NameError):
         return (f"{_short(str(exc), 100)}; run the exercise cell above (after filling it in) "
                 f"before this check")
@@ -22,18 +18,25 @@ def explain_exception(exc: BaseException) -> str:
     return f"your code raised {type(exc).__name__}{place}: {_short(str(exc), 160)}"
 
 
+def _is_cell(filename: str) -> bool:
+    # ipykernel compiles cells to files named /tmp/ipykernel_<pid>/<hash>.py (<ipython-input-...> before)
+    return "ipykernel_" in filename or filename.startswith("<ipython-input")
+
+
 def _learner_frame(exc: BaseException) -> str | None:
-    """The innermost function defined in a notebook cell (ipykernel compiles cells to files
-    named /tmp/ipykernel_<pid>/<hash>.py, or <ipython-input-...> in older IPython)."""
+    """The innermost function defined in a notebook cell ("<module>" for a cell's top level)."""
     name = None
     for frame in traceback.extract_tb(exc.__traceback__):
-        if "ipykernel_" in frame.filename or frame.filename.startswith("<ipython-input"):
+        if _is_cell(frame.filename):
             name = frame.name
     return name
 
 
-def _with_hint(passed: bool, message: str, hint: str | None) -> str:
-    return message if passed or not hint else f"{message}. Hint: {hint}"
+def raised_in_cell(exc: BaseException) -> str | None:
+    """The function (or "<module>") of a notebook cell that raised ``exc`` itself; None when the
+    innermost frame is library code (torch's own NotImplementedError is not a stub)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    return frames[-1].name if frames and _is_cell(frames[-1].filename) else None
 
 
 def _compare(got: Any, expected: Any, what: str, close: bool, rtol: float = 1e-5,
@@ -70,13 +73,32 @@ def _compare(got: Any, expected: Any, what: str, close: bool, rtol: float = 1e-5
             ok = abs(g - e) <= atol + rtol * abs(e) or g == e
             if ok:
                 return True, f"{what} = {_fmt(got)} (reference {_fmt(expected)})"
-            return False, f"{what} is {_fmt(got)}, expected {_fmt(expected)} (rtol={rtol:g}, atol={atol:g})"
+            return False, (f"{what} is {_fmt(got)}, expected {_fmt(expected)}{_off_by(got, expected)} "
+                           f"(rtol={rtol:g}, atol={atol:g})")
         ok = bool(got == expected)
         if ok:
             return True, f"{what} = {_fmt(got)}, as expected"
-        return False, f"{what} is {_fmt(got)}, expected {_fmt(expected)}"
+        return False, f"{what} is {_fmt(got)}, expected {_fmt(expected)}{_off_by(got, expected)}"
     except Exception as exc:
         return False, f"{what} could not be compared with the reference ({type(exc).__name__}: {_short(str(exc), 100)})"
+
+
+def _off_by(got: Any, expected: Any) -> str:
+    """How far a wrong number is from the expected one: the difference and the factor, which
+    often says what was missed (2x: a bucket counted twice; 0.5x: one of two moments)."""
+    if not (_is_number(got) and _is_number(expected)):
+        return ""
+    g, e = float(got), float(expected)
+    if not (math.isfinite(g) and math.isfinite(e)) or e == 0 or g == e:
+        return ""
+    diff = f"{int(got) - int(expected):+,}" if isinstance(got, int) and isinstance(expected, int) else f"{g - e:+.3g}"
+    ratio = g / e
+    if ratio <= 0:
+        return f" (off by {diff}; the sign differs)"
+    big = max(ratio, 1 / ratio)
+    factor = (f"{round(big)}x too {'large' if ratio > 1 else 'small'}" if abs(big - round(big)) < 1e-3 * big
+              else f"{ratio:.3g}x the expected")
+    return f" (off by {diff}; {factor})"
 
 
 def _compare_arrays(got: Any, expected: Any, what: str, close: bool, rtol: float,

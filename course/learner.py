@@ -202,6 +202,7 @@ def lab_header(lab_id: str, *, title: str | None = None, summary_en: str | None 
     except (ValueError, OSError) as exc:
         profile, problem = None, str(exc)
     lang = profile.language if profile else "en"
+    checks.start_lab(lab_id, language=lang)   # hints in the learner's language
     try:
         import torch
         from minigpt.device import describe_device

@@ -29,7 +29,8 @@ def test_passing_and_failing_checks_print_exactly_one_line_each(capsys):
     assert checks.check_equal("ex2", 1000, 1234, what="gradient bytes", hint="4 bytes per fp32 parameter") is False
     out = lines(capsys)
     assert out == ["✔ 03 ex1: gradient bytes = 1,234, as expected",
-                   "✘ 03 ex2: gradient bytes is 1,000, expected 1,234. Hint: 4 bytes per fp32 parameter"]
+                   "✘ 03 ex2: gradient bytes is 1,000, expected 1,234 (off by -234; 0.81x the expected). "
+                   "Hint: 4 bytes per fp32 parameter"]
     recs = checks.results("03")
     assert [(r["name"], r["passed"], r["got"], r["expected"]) for r in recs] == [
         ("ex1", True, 1234, 1234), ("ex2", False, 1000, 1234)]
@@ -67,22 +68,77 @@ def test_missing_return_is_named():
     assert "did your code forget to `return`" in checks.results()[0]["message"]
 
 
-def test_check_block_turns_an_unsolved_exercise_into_a_failed_record(capsys):
-    def lora_forward(x):
-        raise NotImplementedError("Exercise not done yet")
+def in_cell(source: str, namespace: dict) -> None:
+    """Run ``source`` as IPython runs a notebook cell: compiled from a file named like ipykernel's."""
+    exec(compile(source, "/tmp/ipykernel_4242/1234567.py", "exec"), namespace)
 
-    with checks.check("ex1-lora", hint="B starts at zero.") as c:
-        c.close(lora_forward(1), 1.0)
-    with checks.check("ex2-value") as c:
-        c.equal(undefined_name, 3)  # noqa: F821 — the learner has not run the exercise cell
+
+def test_an_exercise_not_attempted_is_not_done_yet_with_no_hint(capsys):
+    ns = {"checks": checks}
+    in_cell("def lora_forward(x):\n    raise NotImplementedError('Exercise not done yet')\n", ns)
+    in_cell("with checks.check('ex1-lora', hint='B starts at zero.', formula='y = Wx') as c:\n"
+            "    c.close(lora_forward(1), 1.0)\n", ns)
+    in_cell("with checks.check('ex2-value', hint='count bytes') as c:\n"
+            "    c.equal(undefined_name, 3)\n", ns)   # the learner's exercise cell has not defined it
     out = lines(capsys)
-    assert len(out) == 2
-    assert out[0].startswith("✘ ex1-lora: not done yet:") and "NotImplementedError" in out[0]
-    assert out[0].endswith("Hint: B starts at zero.")
-    assert "name 'undefined_name' is not defined; run the exercise cell above" in out[1]
+    assert out[0] == ("✘ ex1-lora: not done yet: `lora_forward` still raises NotImplementedError; write your "
+                      "code in its exercise cell, delete the raise line, and run that cell again")
+    assert out[1] == ("✘ ex2-value: not done yet: `undefined_name` is not defined; fill in the exercise cell "
+                      "above and run it before this check")
     recs = checks.results()
-    assert [r["passed"] for r in recs] == [False, False]
+    assert [(r["passed"], r["state"], r["hint_level"]) for r in recs] == [(False, "not_attempted", 0)] * 2
     assert recs[0]["values"]["error"].startswith("NotImplementedError")
+
+
+def test_an_error_in_library_code_or_outside_a_cell_is_a_wrong_answer_with_its_hint(capsys):
+    def learner_code():
+        return torch.empty(2, device="meta").tolist()   # torch's own NotImplementedError: not a stub
+
+    with checks.check("ex1", hint="look at the device") as c:
+        c.equal(learner_code(), [0, 0])
+    with checks.check("ex2") as c:
+        c.equal(undefined_name, 3)  # noqa: F821 — not raised by a notebook cell: reported as it is
+    out = lines(capsys)
+    assert out[0].startswith("✘ ex1: your code raised NotImplementedError") and out[0].endswith("Hint: look at the device")
+    assert "name 'undefined_name' is not defined; run the exercise cell above" in out[1]
+    assert [r["state"] for r in checks.results()] == ["wrong", "wrong"]
+
+
+def test_hints_come_in_levels_and_in_the_learners_language(capsys):
+    checks.start_lab("03", language="es")
+    h = {"en": "look at the optimizer bucket", "es": "mira el bucket del optimizador"}
+    f = {"en": "AdamW keeps two moments", "es": "AdamW guarda dos momentos"}
+    for _ in range(2):
+        checks.check_equal("ex1", 437_136, 874_128, what="optimizer bytes", hint=h, formula=f)
+    checks.hint("ex1")
+    out = lines(capsys)
+    assert out[0] == ("✘ 03 ex1: optimizer bytes is 437,136, expected 874,128 (off by -436,992; 2x too small). "
+                      "Pista: mira el bucket del optimizador (¿atascado? checks.hint('ex1') muestra la fórmula)")
+    assert out[1].endswith("Pista: mira el bucket del optimizador Fórmula: AdamW guarda dos momentos")
+    assert out[2:] == ["Pistas para ex1:", "  Pista: mira el bucket del optimizador",
+                       "  Fórmula: AdamW guarda dos momentos"]
+    assert [r["hint_level"] for r in checks.results(latest=False)] == [1, 2]
+    checks.start_lab("03", language="en")
+
+
+def test_a_dependent_check_names_its_cause_and_shows_numbers(capsys):
+    checks.check_close("ex3-merge", 1.5, 2.0, what="delta_weight sum")
+    with checks.check("ex3-unmerge", depends_on={"ex3-merge": "delta_weight"}) as c:
+        c.true(False, what="W is back", detail="3 of 16 entries are off, the worst by 0.25")
+    with checks.check("ex4", depends_on="ex9") as c:
+        c.true(False, what="x")
+    out = lines(capsys)
+    assert out[1] == ("✘ ex3-unmerge: this fails because `delta_weight` (ex3-merge) is wrong; fix that first: "
+                      "W is back does not hold: 3 of 16 entries are off, the worst by 0.25")
+    assert "(ex9) has not run yet" in out[2]
+
+
+def test_the_record_of_a_failed_block_holds_the_failing_comparison():
+    with checks.check("ex1") as c:
+        c.equal(10, 10, what="weights")
+        c.equal(437_136, 874_128, what="optimizer")
+    rec = checks.results()[0]
+    assert (rec["got"], rec["expected"]) == (437_136, 874_128)
 
 
 def test_check_block_combines_its_comparisons_into_one_line(capsys):
@@ -97,7 +153,7 @@ def test_check_block_combines_its_comparisons_into_one_line(capsys):
         pass
     out = lines(capsys)
     assert out == ["✔ all-good: a = 2, as expected; b = 0.3 (reference 0.3)",
-                   "✘ one-bad: b is 3, expected 4",
+                   "✘ one-bad: b is 3, expected 4 (off by -1; 0.75x the expected)",
                    "✔ runs: your code ran without error"]
     assert checks.results()[0]["values"] == {"n_params": 65536}
 
@@ -168,7 +224,8 @@ def test_summary_counts_the_latest_run_of_each_check(capsys):
     assert checks.tally("04") == (1, 2)
     assert checks.passed("ex1") and not checks.passed("ex2") and not checks.passed("never-ran")
     checks.summary()
-    assert lines(capsys) == ["✘ Checks in lab 04: 1 of 2 passed.", "  ✘ ex2: bytes is 1, expected 2"]
+    assert lines(capsys) == ["✘ Checks in lab 04: 1 of 2 passed, 1 wrong.",
+                             "  ✘ ex2: bytes is 1, expected 2 (off by -1; 2x too small)"]
     with pytest.raises(AssertionError, match="ex2"):
         checks.assert_all_passed()
 

@@ -32,8 +32,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .grade_report import render_markdown, summary_table
-from .notebooks import ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, lab_id_of
+from .grade_report import gradebook_csv, render_feedback, render_markdown, summary_table
+from .notebooks import (ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, exercise_cells_of_checks,
+                        lab_id_of)
 from .nbrun import _first_line
 from .sandbox import Execution, detect_isolation, execute_notebook
 from .learner import ROOT, load_profile, validate_name
@@ -56,6 +57,11 @@ class GradeOptions:
     reference: bool = True           # run each solution once for the reference values
     network_isolation: bool = True
     cache_dir: Path | None = None    # default: <root>/.cache/grading
+    progress: bool = True            # a progress bar per learner on stderr (tqdm)
+
+
+GRADER_FILES = ("grade.md", "grade.json", "feedback.md")   # what grading writes in a learner's folder
+STATES = ("passed", "wrong", "not attempted", "did not run")
 
 
 def _package_digest() -> str:
@@ -111,7 +117,7 @@ def _read_nb(path: Path) -> dict[str, Any] | None:
 def _digest_tree(folder: Path) -> dict[str, str]:
     out = {}
     for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.name not in ("grade.md", "grade.json"):
+        if f.is_file() and f.name not in GRADER_FILES:
             out[str(f.relative_to(folder))] = hashlib.sha256(f.read_bytes()).hexdigest()
     return out
 
@@ -139,8 +145,8 @@ def _compare_cells(lab_nb: dict[str, Any] | None, learner_nb: dict[str, Any]) ->
             added += 1
             continue
         seen.add(cell.get("id"))
-        if cell_role(ref) in ("exercise", "answer"):
-            continue
+        if cell_role(ref) in ("exercise", "answer") or ref.get("cell_type") != "code":
+            continue   # markdown: make start rewrote its links, and text cannot change a grade
         if cell_source(cell) != cell_source(ref):
             changed.append({"cell": i + 1, "first_line": _first_line(cell_source(ref))})
     removed = sum(1 for k, c in lab_cells.items() if k not in seen and c.get("cell_type") == "code")
@@ -166,6 +172,27 @@ def _answers(learner_nb: dict[str, Any] | None, solution_nb: dict[str, Any] | No
                     "note": None if written else ("the answer cell is missing" if text is None
                                                   else "no answer written")})
     return out
+
+
+def _untouched_checks(lab_nb: dict[str, Any] | None, learner_nb: dict[str, Any] | None) -> set[str]:
+    """Checks whose every exercise cell is still the lab's stub in the learner's notebook."""
+    if lab_nb is None:
+        return set()
+    stubs = {c.get("id"): cell_source(c).strip() for c in lab_nb.get("cells", []) if cell_role(c) == "exercise"}
+    mine = {c.get("id"): cell_source(c).strip() for c in (learner_nb or {}).get("cells", [])}
+    return {name for name, ids in exercise_cells_of_checks(lab_nb).items()
+            if ids and all(mine.get(i, stubs.get(i)) == stubs.get(i) for i in ids)}
+
+
+def _state_of(record: dict[str, Any] | None, untouched: bool) -> str:
+    """passed / wrong / not attempted / did not run. An exercise whose cells are still the stub
+    is "not attempted" whatever its check printed; one the kernel reported as not done yet (the
+    stub still raises) is too."""
+    if record is None:
+        return "not attempted" if untouched else "did not run"
+    if record["passed"]:
+        return "passed"
+    return "not attempted" if untouched or record.get("state") == "not_attempted" else "wrong"
 
 
 def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, root: Path,
@@ -195,26 +222,32 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
         names = list(ref_checks) + [n for n in checks_by_name if n not in ref_checks]
         for name in names:
             mine, ref = checks_by_name.get(name), ref_checks.get(name)
-            state = "not run" if mine is None else ("passed" if mine["passed"] else "failed")
+            state = _state_of(mine, name in untouched)
             report["checks"].append({
-                "name": name, "state": state,
-                "message": mine["message"] if mine else "this check did not run (the notebook stopped "
-                                                        "before it, or its cell was removed)",
+                "name": name, "state": state, "ran": mine is not None,
+                "hint_level": (mine or {}).get("hint_level", 0),
+                "message": mine["message"] if mine else (
+                    "not attempted: the exercise cells are still the lab's stub" if state == "not attempted"
+                    else "this check did not run (the notebook stopped before it, or its cell was removed)"),
                 "got": mine.get("got") if mine else None, "expected": mine.get("expected") if mine else None,
                 "values": mine.get("values", {}) if mine else {},
                 "reference": None if ref is None else {"passed": ref["passed"], "got": ref.get("got"),
                                                        "values": ref.get("values", {})}})
         report["passed"] = sum(c["state"] == "passed" for c in report["checks"])
+        report["states"] = {st: sum(c["state"] == st for c in report["checks"]) for st in STATES}
         report["total"] = len(report["checks"])
+        report["hints_asked"] = sorted({r["name"] for r in records if r.get("kind") == "hint"})
         return report
 
+    records: list[dict[str, Any]] = []
+    learner_nb = _read_nb(learner_nb_path) if learner_nb_path else None
+    untouched = _untouched_checks(lab_nb, learner_nb)
     if learner_nb_path is None:
         report.update(status="not_started", message=(
             f"not started: there is no {learner_home.name}/labs/{lab_path.name if lab_path else lab_id + '-*.ipynb'}"
             f" (make start LEARNER={learner_home.name} adds it)"))
         report["answers"] = _answers(None, solution_nb)
         return finish({})
-    learner_nb = _read_nb(learner_nb_path)
     report["answers"] = _answers(learner_nb, solution_nb)
     if learner_nb is not None:
         report["cells"] = _compare_cells(lab_nb, learner_nb)
@@ -245,6 +278,7 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                                      "exercise": is_ex, "ename": err["ename"], "evalue": err["evalue"],
                                      "note": note})
     report["fallbacks"] = sorted({r["name"] for r in ex.records if r.get("kind") == "fallback"})
+    records.extend(ex.records)
     report.update(status=ex.status, message=ex.message, runtime_s=ex.runtime_s,
                   hardware=_hardware(ex), isolation=ex.isolation)
     return finish(ex.checks())
@@ -279,9 +313,15 @@ def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOpt
         if lid is not None and lid not in mine:
             mine[lid] = nb
     ignored = [nb.name for nb in found if nb not in mine.values()]
-    labs = []
-    for lid in sorted(set(course_labs) | set(mine)):
+    labs: list[dict[str, Any]] = []
+    lab_ids = sorted(set(course_labs) | set(mine))
+    bar = _progress(lab_ids, name, opts.progress)
+    for lid in bar:
         labs.append(_grade_lab(lid, mine.get(lid), home, root, opts, memo))
+        if opts.progress:
+            bar.set_postfix_str(f"{sum(l['passed'] for l in labs)}/{sum(l['total'] for l in labs)} passed")
+            bar.write(f"{name}: lab {lid} — {labs[-1]['passed']}/{labs[-1]['total']} passed in "
+                      f"{labs[-1]['runtime_s']:.0f} s")
     after = _digest_tree(home)
     isolation = detect_isolation(opts.network_isolation)
     report = {
@@ -292,12 +332,20 @@ def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOpt
         "isolation": {"network": isolation.network, "how": isolation.how},
         "nothing_to_grade": not labs, "ignored_notebooks": ignored, "labs": labs,
         "passed": sum(l["passed"] for l in labs), "total": sum(l["total"] for l in labs),
+        "states": {st: sum(l.get("states", {}).get(st, 0) for l in labs) for st in STATES},
         "learner_files_unchanged": before == after,
         "runtime_s": round(time.monotonic() - t0, 2)}
     if write:
         _atomic_write(home / "grade.json", json.dumps(report, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
         _atomic_write(home / "grade.md", render_markdown(report))
+        _atomic_write(home / "feedback.md", render_feedback(report))
     return report
+
+
+def _progress(lab_ids: list[str], name: str, on: bool) -> Any:
+    """A tqdm bar over the labs (stderr), so a long grading run does not look hung."""
+    from tqdm.auto import tqdm
+    return tqdm(lab_ids, desc=f"grading {name}", unit="lab", disable=not on, file=sys.stderr)
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -320,8 +368,12 @@ def learner_names(root: str | os.PathLike[str] = ROOT) -> list[str]:
 
 def grade_all(root: str | os.PathLike[str] = ROOT, opts: GradeOptions | None = None,
               write: bool = True) -> list[dict[str, Any]]:
+    """Grade every learner; with ``write``, also learners/gradebook.csv (a row per learner)."""
     memo: dict[str, Execution] = {}
-    return [grade_learner(n, root, opts, memo, write) for n in learner_names(root)]
+    reports = [grade_learner(n, root, opts, memo, write) for n in learner_names(root)]
+    if write and reports:
+        _atomic_write(Path(root) / "learners" / "gradebook.csv", gradebook_csv(reports))
+    return reports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,14 +397,16 @@ def main(argv: list[str] | None = None) -> int:
             reports = grade_all(a.root, opts)
             print(summary_table(reports))
             for r in reports:
-                print(f"wrote learners/{r['learner']}/grade.md and grade.json")
+                print(f"wrote learners/{r['learner']}/grade.md, feedback.md and grade.json")
+            if reports:
+                print("wrote learners/gradebook.csv")
         else:
             if not (a.learner or "").strip():
                 print("Say whom to grade: make grade LEARNER=<name> (or make grade-all).")
                 return 2
             r = grade_learner(a.learner.strip(), a.root, opts)
             print(summary_table([r]))
-            print(f"wrote learners/{r['learner']}/grade.md and grade.json")
+            print(f"wrote learners/{r['learner']}/grade.md (for you), feedback.md (for the learner) and grade.json")
     except ValueError as exc:
         print(exc)
         return 2

@@ -9,6 +9,7 @@ variable ``MINIGPT_PROFILE`` (a path; empty means "no profile") overrides that.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigpt.paths import ROOT  # noqa: E402
+from .labs import render  # noqa: E402
+from .links import rewrite_notebook_links  # noqa: E402
 PROFILE_ENV = "MINIGPT_PROFILE"
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 LANGUAGES = ("en", "es")
@@ -254,6 +257,16 @@ class StartResult:
     kept: list[str]
 
 
+def _copy_for_learner(lab: Path, labs: Path) -> str:
+    """The lab's text with its relative links (../theory/...) pointing at the same files from the
+    learner's folder; byte-identical to the lab when it has none."""
+    text = lab.read_text(encoding="utf-8")
+    nb = json.loads(text)
+    if not rewrite_notebook_links(nb, lab.parent.resolve(), labs.resolve()):
+        return text
+    return render(nb)
+
+
 def start(name: str, root: str | os.PathLike[str] = ROOT) -> StartResult:
     """Create learners/<name>/profile.md from the template if missing and copy every lab in labs/
     that the learner does not have yet into learners/<name>/labs/. Never overwrites a file."""
@@ -283,8 +296,8 @@ def start(name: str, root: str | os.PathLike[str] = ROOT) -> StartResult:
             kept.append(lab.name)
             continue
         try:
-            with open(lab, "rb") as src, open(target, "xb") as dst:
-                shutil.copyfileobj(src, dst)
+            with open(target, "x", encoding="utf-8") as dst:
+                dst.write(_copy_for_learner(lab, labs))
         except FileExistsError:  # appeared meanwhile: still never overwrite
             kept.append(lab.name)
             continue

@@ -1,9 +1,15 @@
-"""grade.md: a learner's report in Markdown, and the summary table of every learner.
+"""What a person reads after grading: grade.md (the instructor's report, reference values
+included), feedback.md (the learner's, in the learner's language, without reference values or
+reference answers), learners/gradebook.csv (a row per learner) and the summary table.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from typing import Any
+
+MARKS = {"passed": "✔ passed", "wrong": "✘ wrong", "not attempted": "○ not attempted", "did not run": "— did not run"}
 
 
 def _fmt(v: Any) -> str:
@@ -54,13 +60,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += [f"**Nothing to grade:** there are no labs in labs/ and no notebooks in learners/{name}/labs/ "
                 f"yet. Run `make start LEARNER={name}` once the labs exist.", ""]
         return "\n".join(out)
-    out += [f"**Checks passed: {report['passed']} of {report['total']}.** Written answers are not "
-            "auto-graded: they are listed under each lab beside the reference answer.", "",
+    out += [f"**Checks passed: {report['passed']} of {report['total']}** ({_state_counts(report)}). "
+            "Written answers are not auto-graded: they are listed under each lab beside the reference answer.", "",
             "| Lab | Checks passed | Run | Runtime | Hardware path |", "|---|---|---|---|---|"]
     for lab in report["labs"]:
         run = _STATUS_WORDS.get(lab["status"], lab["status"])
         if lab["errors"]:
             run += f", {len(lab['errors'])} cell error{'s' if len(lab['errors']) > 1 else ''}"
+        run += f"; {_state_counts(lab)}" if lab["total"] else ""
         out.append(f"| {lab['lab']} | {lab['passed']}/{lab['total']} | {run} "
                    f"| {lab['runtime_s']:.1f} s | {_cell(lab['hardware'] or '—')} |")
     if report["ignored_notebooks"]:
@@ -84,7 +91,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         if lab["checks"]:
             out += ["", "| Check | Result | Message | Yours | Expected | Solution run |", "|---|---|---|---|---|---|"]
             for c in lab["checks"]:
-                mark = {"passed": "✔ pass", "failed": "✘ fail", "not run": "✘ not run"}[c["state"]]
+                mark = MARKS[c["state"]] + (" (asked for the formula)" if c["name"] in lab.get("hints_asked", []) else "")
                 r = c["reference"]
                 ref_txt = "—" if r is None else (("" if r["passed"] else "(failed in the solution!) ")
                                                  + _fmt_values(r["got"], r["values"]))
@@ -129,3 +136,78 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
                      f"{r['runtime_s']:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _state_counts(report: dict[str, Any], words: dict[str, str] | None = None) -> str:
+    states = report.get("states") or {}
+    words = words or {st: st for st in MARKS}
+    return ", ".join(f"{words[st]} {states.get(st, 0)}" for st in MARKS if st != "passed")
+
+
+FEEDBACK = {
+    "en": {"title": "Feedback", "intro": "What your notebooks' checks found when your instructor graded them.",
+           "total": "Checks passed: {p} of {t}", "lab": "Lab", "check": "Exercise check", "result": "Result",
+           "said": "What your notebook said", "stub": "not attempted yet: its exercise cells are still the stub",
+           "norun": "did not run: the notebook stopped before this check", "answers": "Written answers",
+           "written": "written; your instructor reads it", "missing": "not written yet",
+           "states": {"passed": "✔ passed", "wrong": "✘ wrong", "not attempted": "○ not attempted",
+                      "did not run": "— did not run"},
+           "run": "Your notebook: {words}", "more": "In your notebook, `checks.hint(\"<check>\")` shows the "
+           "formula-level hint of any check."},
+    "es": {"title": "Comentarios", "intro": "Lo que encontraron las comprobaciones de tus notebooks al corregirlos.",
+           "total": "Comprobaciones superadas: {p} de {t}", "lab": "Lab", "check": "Comprobación",
+           "result": "Resultado", "said": "Lo que dijo tu notebook",
+           "stub": "aún sin intentar: sus celdas de ejercicio siguen siendo la plantilla",
+           "norun": "no se ejecutó: el notebook se detuvo antes de esta comprobación",
+           "answers": "Respuestas escritas", "written": "escrita; la lee tu instructor",
+           "missing": "aún sin escribir",
+           "states": {"passed": "✔ superada", "wrong": "✘ incorrecta", "not attempted": "○ sin intentar",
+                      "did not run": "— no se ejecutó"},
+           "run": "Tu notebook: {words}", "more": "En tu notebook, `checks.hint(\"<comprobación>\")` muestra la "
+           "pista con la fórmula de cualquier comprobación."},
+}
+
+
+def render_feedback(report: dict[str, Any]) -> str:
+    """feedback.md: the learner's own results, in the learner's language; no reference value, no
+    reference answer, no solution run (those stay in grade.md for the instructor)."""
+    lang = report.get("profile", {}).get("language")
+    w = FEEDBACK["es" if lang == "es" else "en"]
+    out = [f"# {w['title']} — {report['learner']}", "", w["intro"], ""]
+    if report["nothing_to_grade"]:
+        return "\n".join(out + ["—", ""])
+    out += [f"**{w['total'].format(p=report['passed'], t=report['total'])}** "
+            f"({_state_counts(report, w['states'])}).", "", w["more"], ""]
+    for lab in report["labs"]:
+        out += [f"## {w['lab']} {lab['lab']}", "",
+                w["run"].format(words=_STATUS_WORDS.get(lab["status"], lab["status"])) + ".", ""]
+        if lab["checks"]:
+            out += [f"| {w['check']} | {w['result']} | {w['said']} |", "|---|---|---|"]
+            for c in lab["checks"]:
+                said = c["message"] if c.get("ran") else w["stub"] if c["state"] == "not attempted" else w["norun"]
+                out.append(f"| {c['name']} | {w['states'][c['state']]} | {_cell(said)} |")
+        if lab["answers"]:
+            out += ["", f"{w['answers']}:"] + [f"- `{a['id']}`: {w['written'] if a['answer'] else w['missing']}"
+                                              for a in lab["answers"]]
+        out.append("")
+    return "\n".join(out)
+
+
+def gradebook_csv(reports: list[dict[str, Any]]) -> str:
+    """One row per learner, one column per lab check (its state), and the totals per state."""
+    columns: list[str] = []
+    for r in reports:
+        for lab in r["labs"]:
+            for c in lab["checks"]:
+                col = f"{lab['lab']} {c['name']}"
+                if col not in columns:
+                    columns.append(col)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["learner", "passed", "total", *[st for st in MARKS if st != "passed"], *columns])
+    for r in reports:
+        states = {f"{lab['lab']} {c['name']}": c["state"] for lab in r["labs"] for c in lab["checks"]}
+        counts = r.get("states", {})
+        writer.writerow([r["learner"], r["passed"], r["total"], *[counts.get(st, 0) for st in MARKS if st != "passed"],
+                         *[states.get(col, "") for col in columns]])
+    return buf.getvalue()

@@ -56,3 +56,26 @@ def cell_role(cell: dict[str, Any]) -> str | None:
 def lab_id_of(path: Path) -> str | None:
     m = NOTEBOOK_NAME_RE.fullmatch(path.name)
     return m.group(1) if m else None
+
+
+CHECK_CALL_RE = re.compile(r"checks\.check(?:_equal|_close|_true)?\(\s*[\"']([^\"']+)[\"']")
+
+
+def exercise_cells_of_checks(nb: dict[str, Any]) -> dict[str, list[str]]:
+    """Which exercise cells (by cell id) each check of a lab tests: the exercise cells since the
+    previous exercise's checks. Checks named ``exN-...`` share exercise N's cells, so a second
+    check of the same exercise (ex1-zero-init-no-op after ex1-lora-layer) tests the same cells."""
+    out: dict[str, list[str]] = {}
+    pending: list[str] = []
+    by_exercise: dict[str, list[str]] = {}
+    for cell in nb.get("cells", []):
+        src = cell_source(cell)
+        if cell_role(cell) == "exercise" or SOLUTION_BEGIN in src:
+            pending.append(cell.get("id", ""))
+            continue
+        for name in CHECK_CALL_RE.findall(src):
+            key = name.split("-", 1)[0]
+            if key not in by_exercise:
+                by_exercise[key], pending = pending, []
+            out[name] = by_exercise[key]
+    return out

@@ -95,6 +95,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero", type=int, choices=ZERO_STAGES, default=0)
     p.add_argument("--unit", choices=("auto", "MiB", "GiB"), default="auto")
     p.add_argument("--json", action="store_true", help="print JSON (integer bytes) instead of a table")
+    p.add_argument("--emit", choices=("accelerate", "deepspeed"), default=None,
+                   help="with estimate: print the launcher config of this spec instead (launchers.py)")
     return p
 
 
@@ -108,6 +110,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if a.command == "estimate":
             est = estimate(**kwargs)
+            if a.emit:   # the spec is valid (estimate did not raise): print its launch config
+                from .launchers import emit
+                print(emit(a.emit, gpus=a.gpus, zero=a.zero, batch=a.batch, precision=a.precision))
+                return 0
             print(json.dumps(est.to_dict(), indent=2) if a.json else est.table(a.unit))
         elif a.command == "measure":
             rep = measure(mode=a.mode, **kwargs)

@@ -20,7 +20,7 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark clean-venv
 .PHONY: generate-labs start grade grade-all docs time-labs store-outputs check-portability cloud-cells kernel lint
-.PHONY: test-ui ui-chromium lab-cmd
+.PHONY: test-ui ui-chromium lab-cmd run-lab
 
 help:
 	@echo "make lab        install (first time only) and open JupyterLab on the course"
@@ -30,6 +30,7 @@ help:
 	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~10 min on 2 idle cores)"
 	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
 	@echo "make start LEARNER=<name>  your profile and your own copy of the labs in learners/<name>/"
+	@echo "make run-lab LAB=03 LEARNER=<name>  run your copy of a lab headless (errors allowed), print its checks"
 	@echo "make grade LEARNER=<name>  run copies of a learner's labs, write learners/<name>/grade.md"
 	@echo "make grade-all             grade every learner and print a summary table"
 	@echo "make generate-labs         write labs/ from solutions/ (authors)"
@@ -169,6 +170,9 @@ time-labs: $(STAMP)
 
 start: $(STAMP)
 	@$(PY) -m course.learner start "$(LEARNER)"
+
+run-lab: $(STAMP)
+	@$(PY) -m course.run_lab "$(LAB)" "$(LEARNER)"
 
 grade: $(STAMP)
 	$(PY) -m course.grading "$(LEARNER)" $(GRADE_ARGS)

@@ -186,13 +186,17 @@ def _untouched_checks(lab_nb: dict[str, Any] | None, learner_nb: dict[str, Any] 
 
 def _state_of(record: dict[str, Any] | None, untouched: bool) -> str:
     """passed / wrong / not attempted / did not run. An exercise whose cells are still the stub
-    is "not attempted" whatever its check printed; one the kernel reported as not done yet (the
-    stub still raises) is too."""
+    is "not attempted" whatever its check printed, and so is one whose stub still raises
+    NotImplementedError; a name that does not exist after the learner edited the cell is wrong
+    (the edited cell raised before defining it)."""
     if record is None:
         return "not attempted" if untouched else "did not run"
     if record["passed"]:
         return "passed"
-    return "not attempted" if untouched or record.get("state") == "not_attempted" else "wrong"
+    if untouched:
+        return "not attempted"
+    stub_raised = str(record.get("values", {}).get("error", "")).startswith("NotImplementedError")
+    return "not attempted" if record.get("state") == "not_attempted" and stub_raised else "wrong"
 
 
 def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, root: Path,
@@ -223,6 +227,9 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
         for name in names:
             mine, ref = checks_by_name.get(name), ref_checks.get(name)
             state = _state_of(mine, name in untouched)
+            if mine is not None and state == "wrong" and mine.get("state") == "not_attempted":
+                mine = {**mine, "message": "your exercise cell was edited but raised an error before defining "
+                                           "what this check uses (see the cells that raised an error)"}
             report["checks"].append({
                 "name": name, "state": state, "ran": mine is not None,
                 "hint_level": (mine or {}).get("hint_level", 0),

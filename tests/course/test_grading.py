@@ -8,6 +8,8 @@ One grading run (module fixture) covers six learners:
   dave   01: os._exit(1)   02: kill -9 itself   -> "kernel died", grading goes on
   erin   01: not a notebook (broken JSON)       -> "unreadable";   02: missing -> "not started"
   borja  his real profile, no labs copied yet   -> every lab "not started"
+  fiona  each lab: one exercise right, one wrong, one untouched -> passed / wrong / not attempted
+  gina   (Spanish) 01: ex1 wrong, ex3 right but built on ex1    -> ex3 names ex1 as its cause
 """
 from __future__ import annotations
 
@@ -43,7 +45,8 @@ def exercise_index(nb: dict, n: int) -> int:
 
 def tree_digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in ("grade.md", "grade.json")}
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in grading.GRADER_FILES and p.name != "gradebook.csv"}
 
 
 def build_course(root: Path) -> None:
@@ -53,7 +56,7 @@ def build_course(root: Path) -> None:
     shutil.copy(ROOT / "learners" / "TEMPLATE" / "profile.md", root / "learners" / "TEMPLATE" / "profile.md")
     (root / "learners" / "borja").mkdir()
     shutil.copy(ROOT / "learners" / "borja" / "profile.md", root / "learners" / "borja" / "profile.md")
-    for name in ("alice", "bob", "carol", "dave", "erin"):
+    for name in ("alice", "bob", "carol", "dave", "erin", "fiona", "gina"):
         learner.start(name, root)
     labs = lambda name: root / "learners" / name / "labs"  # noqa: E731
 
@@ -78,12 +81,30 @@ def build_course(root: Path) -> None:
     (labs("carol") / LAB2).write_text(json.dumps(nb), encoding="utf-8")
 
     for lab, kill in ((LAB1, "import os\nos._exit(1)"), (LAB2, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")):
-        nb = read(root / "labs" / lab)  # dave: the kernel dies in the first code cell (cell 2)
+        # dave: the kernel dies in the first code cell (cell 2); 01 untouched, 02 solved
+        nb = read(root / ("labs" if lab == LAB1 else "solutions") / lab)
         nb["cells"].insert(1, code(kill, "kill-kernel"))
         (labs("dave") / lab).write_text(json.dumps(nb), encoding="utf-8")
 
     (labs("erin") / LAB1).write_text('{"cells": [', encoding="utf-8")
     (labs("erin") / LAB2).unlink()
+
+    solved = {c["id"]: c["source"] for lab in (LAB1, LAB2) for c in read(root / "solutions" / lab)["cells"]}
+
+    def fill(name: str, lab: str, answers: dict[int, str | None]) -> None:
+        """Exercise n of the learner's copy: the solution's code (None) or the given source."""
+        path = labs(name) / lab
+        nb = read(path)
+        for n, source in answers.items():
+            cell = nb["cells"][exercise_index(nb, n)]
+            cell["source"] = solved[cell["id"]] if source is None else source
+        path.write_text(json.dumps(nb), encoding="utf-8")
+
+    fill("fiona", LAB1, {0: None, 1: "adapter_bytes = 2 * n_params   # fp16?\nprint(adapter_bytes)"})
+    fill("fiona", LAB2, {0: None, 2: "def fits(n_bytes, card_gib):\n    return n_bytes <= card_gib * 10**9"})
+    fill("gina", LAB1, {0: "def lora_params(d_in, d_out, r):\n    return r * d_in", 2: None})
+    profile = root / "learners" / "gina" / "profile.md"
+    profile.write_text(profile.read_text(encoding="utf-8").replace("language: en", "language: es"), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +128,7 @@ def checks_by_name(lab_report: dict) -> dict:
 
 def test_every_learner_is_graded_and_templates_are_skipped(graded):
     root, reports, _ = graded
-    assert sorted(reports) == ["alice", "bob", "borja", "carol", "dave", "erin"]
+    assert sorted(reports) == ["alice", "bob", "borja", "carol", "dave", "erin", "fiona", "gina"]
     for name in reports:
         assert (root / "learners" / name / "grade.md").is_file()
         assert read(root / "learners" / name / "grade.json")["learner"] == name
@@ -125,7 +146,7 @@ def test_grading_never_touches_the_learners_files(graded):
 def test_a_solved_learner_gets_full_marks_beside_the_solution_values(graded):
     root, reports, _ = graded
     alice = reports["alice"]
-    assert (alice["passed"], alice["total"]) == (3, 3)
+    assert (alice["passed"], alice["total"]) == (6, 6)
     assert alice["ignored_notebooks"] == ["01-fixture-lora-count-old.ipynb"]  # the lab's own name wins
     l1 = lab(alice, "01")
     assert l1["status"] == "completed" and l1["errors"] == [] and l1["fallbacks"] == []
@@ -137,8 +158,8 @@ def test_a_solved_learner_gets_full_marks_beside_the_solution_values(graded):
     answer = l1["answers"][0]
     assert answer["id"] == "01-why-lora-is-small" and "256 times fewer" in answer["reference"]
     md = (root / "learners" / "alice" / "grade.md").read_text(encoding="utf-8")
-    assert "**Checks passed: 3 of 3.**" in md
-    assert "| ex2-adapter-bytes | ✔ pass | adapter bytes in fp32 = 262,144, as expected | 262,144; n_params=65,536 " \
+    assert "**Checks passed: 6 of 6** (wrong 0, not attempted 0, did not run 0)." in md
+    assert "| ex2-adapter-bytes | ✔ passed | adapter bytes in fp32 = 262,144, as expected | 262,144; n_params=65,536 " \
            "| 262,144 | 262,144; n_params=65,536 |" in md
 
 
@@ -146,18 +167,21 @@ def test_an_unsolved_lab_scores_zero_with_helpful_messages(graded):
     root, reports, _ = graded
     bob = reports["bob"]
     assert bob["profile"]["language"] == "en"
-    assert (bob["passed"], bob["total"]) == (0, 3)
+    assert (bob["passed"], bob["total"]) == (0, 6)
+    assert bob["states"] == {"passed": 0, "wrong": 0, "not attempted": 6, "did not run": 0}
     l1 = lab(bob, "01")
     assert l1["status"] == "completed"
     msgs = {n: c["message"] for n, c in checks_by_name(l1).items()}
     assert msgs["ex1-lora-params"].startswith("not done yet: `lora_params` still raises NotImplementedError")
-    assert msgs["ex2-adapter-bytes"].startswith("name 'adapter_bytes' is not defined; run the exercise cell above")
+    assert msgs["ex2-adapter-bytes"] == ("not done yet: `adapter_bytes` is not defined; fill in the exercise cell "
+                                         "above and run it before this check")
+    assert "Hint" not in " ".join(msgs.values())   # nothing to hint at before the learner has tried
     assert [(e["exercise"], e["ename"], e["note"]) for e in l1["errors"]] == \
-        [(True, "NotImplementedError", "exercise not done yet")] * 2
+        [(True, "NotImplementedError", "exercise not done yet")] * 3
     assert l1["fallbacks"] == ["lora_params"]
     assert l1["answers"][0]["answer"] is None and l1["answers"][0]["note"] == "no answer written"
     md = (root / "learners" / "bob" / "grade.md").read_text(encoding="utf-8")
-    assert "✘ fail | not done yet:" in md and "*(no answer written)*" in md and "> The adapter trains" in md
+    assert "○ not attempted | not done yet:" in md and "*(no answer written)*" in md and "> The adapter trains" in md
 
 
 def test_a_syntax_error_is_reported_and_the_rest_of_the_notebook_runs(graded):
@@ -165,9 +189,11 @@ def test_a_syntax_error_is_reported_and_the_rest_of_the_notebook_runs(graded):
     l1 = lab(reports["carol"], "01")
     assert l1["status"] == "completed"
     errors = [(e["exercise"], e["ename"]) for e in l1["errors"]]
-    assert errors == [(True, "SyntaxError"), (True, "NotImplementedError")]
+    assert errors == [(True, "SyntaxError"), (True, "NotImplementedError"), (True, "NotImplementedError")]
     checks = checks_by_name(l1)
-    assert checks["ex1-lora-params"]["state"] == "failed" and checks["ex2-adapter-bytes"]["state"] == "failed"
+    # she tried ex1 (a syntax error): wrong, not "not attempted"; ex2 is still the stub
+    assert checks["ex1-lora-params"]["state"] == "wrong" and "raised an error" in checks["ex1-lora-params"]["message"]
+    assert checks["ex2-adapter-bytes"]["state"] == "not attempted"
     assert checks["net-isolated"]["reference"] is None  # a check the solution does not have is still shown
 
 
@@ -198,9 +224,11 @@ def test_a_kernel_that_dies_is_reported_and_grading_goes_on(graded):
         l = lab(dave, lab_id)
         assert l["status"] == "kernel_died", l["message"]
         assert l["message"].startswith("the kernel died in cell 2 (`import os")
-        assert {c["state"] for c in l["checks"]} == {"not run"}
+    # 01 is still the stubs: not attempted; 02 is solved but its checks never ran: did not run
+    assert {c["state"] for c in lab(dave, "01")["checks"]} == {"not attempted"}
+    assert {c["state"] for c in lab(dave, "02")["checks"]} == {"did not run"}
     md = (root / "learners" / "dave" / "grade.md").read_text(encoding="utf-8")
-    assert "KERNEL DIED" in md and "this check did not run" in md
+    assert "KERNEL DIED" in md and "— did not run | this check did not run" in md
 
 
 def test_unreadable_and_missing_notebooks_are_reported(graded):
@@ -209,7 +237,7 @@ def test_unreadable_and_missing_notebooks_are_reported(graded):
     l1, l2 = lab(erin, "01"), lab(erin, "02")
     assert l1["status"] == "unreadable" and "cannot be read" in l1["message"]
     assert l2["status"] == "not_started" and "make start LEARNER=erin" in l2["message"]
-    assert (erin["passed"], erin["total"]) == (0, 3)
+    assert (erin["passed"], erin["total"]) == (0, 6)
 
 
 def test_borja_before_copying_the_labs_has_every_lab_not_started(graded):
@@ -275,3 +303,60 @@ def test_grading_the_shipped_learner_on_the_real_labs(tmp_path):
     assert "scores_bytes" in five["fallbacks"]
     md = (home / "grade.md").read_text(encoding="utf-8")
     assert "Mi duda" in md and "Checks passed: 7 of 10" in md
+
+
+def test_right_wrong_and_untouched_exercises_get_their_own_state_with_the_failing_numbers(graded):
+    root, reports, _ = graded
+    fiona = reports["fiona"]
+    assert {l["lab"]: {c["name"]: c["state"] for c in l["checks"]} for l in fiona["labs"]} == {
+        "01": {"ex1-lora-params": "passed", "ex2-adapter-bytes": "wrong", "ex3-qv-params": "not attempted"},
+        "02": {"ex1-gib": "passed", "ex2-gb": "not attempted", "ex3-fits": "wrong"}}
+    assert fiona["states"] == {"passed": 2, "wrong": 2, "not attempted": 2, "did not run": 0}
+    ex2 = checks_by_name(lab(fiona, "01"))["ex2-adapter-bytes"]
+    assert (ex2["got"], ex2["expected"]) == (131072, 262144)
+    # the diagnosis (by how much, by what factor) and the level-1 hint, not yet the formula
+    assert ex2["message"].startswith("adapter bytes in fp32 is 131,072, expected 262,144 (off by -131,072; "
+                                     "2x too small). Hint: Mind the unit")
+    assert "checks.hint('ex2-adapter-bytes')" in ex2["message"] and "4 bytes" not in ex2["message"]
+    assert ex2["hint_level"] == 1
+    md = (root / "learners" / "fiona" / "grade.md").read_text(encoding="utf-8")
+    assert "**Checks passed: 2 of 6** (wrong 2, not attempted 2, did not run 0)." in md
+    row = next(line for line in md.splitlines() if line.startswith("| ex2-adapter-bytes |"))
+    assert "| ✘ wrong |" in row and "| 131,072; n_params=65,536 | 262,144 |" in row
+    assert "| ex3-qv-params | ○ not attempted |" in md
+    fits = checks_by_name(lab(fiona, "02"))["ex3-fits"]
+    assert fits["got"] == [False, False, False] and fits["expected"] == [True, False, True]
+
+
+def test_feedback_md_is_for_the_learner_in_the_learners_language_without_reference_values(graded):
+    root, reports, _ = graded
+    fb = (root / "learners" / "fiona" / "feedback.md").read_text(encoding="utf-8")
+    assert fb.startswith("# Feedback — fiona") and "**Checks passed: 2 of 6**" in fb
+    assert "| ex2-adapter-bytes | ✘ wrong | adapter bytes in fp32 is 131,072" in fb
+    assert "| ex3-qv-params | ○ not attempted | not done yet: `qv_params` still raises" in fb
+    md = (root / "learners" / "fiona" / "grade.md").read_text(encoding="utf-8")
+    for instructor_only in ("Solution run", "256 times fewer", "Reference:", "| Expected |"):
+        assert instructor_only in md and instructor_only not in fb, instructor_only
+    es = (root / "learners" / "gina" / "feedback.md").read_text(encoding="utf-8")
+    assert es.startswith("# Comentarios — gina") and "✘ incorrecta" in es and "Comprobaciones superadas" in es
+
+
+def test_a_dependent_check_names_the_check_to_fix_first(graded):
+    _, reports, _ = graded
+    checks = checks_by_name(lab(reports["gina"], "01"))
+    assert checks["ex1-lora-params"]["state"] == "wrong"
+    ex3 = checks["ex3-qv-params"]
+    assert ex3["state"] == "wrong"
+    assert ex3["message"].startswith("esto falla porque `lora_params` (ex1-lora-params) está mal; corrige eso "
+                                     "primero: q,v adapters in 12 blocks of width 768, r=8 is 147,456, expected 294,912")
+    assert "Pista:" in ex3["message"]   # gina's profile is Spanish
+
+
+def test_grade_all_writes_a_gradebook(graded):
+    root, _, _ = graded
+    import csv
+    rows = list(csv.DictReader((root / "learners" / "gradebook.csv").open(encoding="utf-8")))
+    assert [r["learner"] for r in rows] == ["alice", "bob", "borja", "carol", "dave", "erin", "fiona", "gina"]
+    fiona = next(r for r in rows if r["learner"] == "fiona")
+    assert (fiona["passed"], fiona["total"], fiona["wrong"], fiona["not attempted"]) == ("2", "6", "2", "2")
+    assert fiona["01 ex2-adapter-bytes"] == "wrong" and fiona["02 ex1-gib"] == "passed"

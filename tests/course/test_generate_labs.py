@@ -50,13 +50,14 @@ def test_exercises_become_stubs_at_their_indentation_and_solutions_vanish():
     lab = gen.make_lab(load(FIXTURES / "solutions" / "01-fixture-lora-count.ipynb"), "01-fixture-lora-count.ipynb")
     text = gen.render(lab)
     exercises = [c for c in lab["cells"] if c["metadata"].get("minigpt", {}).get("role") == "exercise"]
-    assert len(exercises) == 2
+    assert len(exercises) == 3
     fn = src(exercises[0])
     assert '    """Trainable parameters' in fn
     assert "    # YOUR CODE HERE\n    raise NotImplementedError(" in fn  # inside the function body
     assert fn.endswith("lora_params(64, 64, 4)")  # code after the block is kept
     assert src(exercises[1]).startswith("# YOUR CODE HERE\nraise NotImplementedError(")  # top level
     assert "r * d_in + d_out * r" not in text and "4 * n_params" not in text
+    assert "n_layer * 2 * lora_params" not in text and src(exercises[2]).endswith("qv_params(12, 768, 8)")
     assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
 
 

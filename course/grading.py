@@ -248,7 +248,8 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
 
     records: list[dict[str, Any]] = []
     learner_nb = _read_nb(learner_nb_path) if learner_nb_path else None
-    untouched = _untouched_checks(lab_nb, learner_nb)
+    # an unreadable notebook's checks "did not run"; a lab not started is all "not attempted"
+    untouched = _untouched_checks(lab_nb, learner_nb) if learner_nb is not None or learner_nb_path is None else set()
     if learner_nb_path is None:
         report.update(status="not_started", message=(
             f"not started: there is no {learner_home.name}/labs/{lab_path.name if lab_path else lab_id + '-*.ipynb'}"

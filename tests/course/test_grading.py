@@ -236,6 +236,7 @@ def test_unreadable_and_missing_notebooks_are_reported(graded):
     erin = reports["erin"]
     l1, l2 = lab(erin, "01"), lab(erin, "02")
     assert l1["status"] == "unreadable" and "cannot be read" in l1["message"]
+    assert {c["state"] for c in l1["checks"]} == {"did not run"} and {c["state"] for c in l2["checks"]} == {"not attempted"}
     assert l2["status"] == "not_started" and "make start LEARNER=erin" in l2["message"]
     assert (erin["passed"], erin["total"]) == (0, 6)
 
@@ -360,3 +361,18 @@ def test_grade_all_writes_a_gradebook(graded):
     fiona = next(r for r in rows if r["learner"] == "fiona")
     assert (fiona["passed"], fiona["total"], fiona["wrong"], fiona["not attempted"]) == ("2", "6", "2", "2")
     assert fiona["01 ex2-adapter-bytes"] == "wrong" and fiona["02 ex1-gib"] == "passed"
+
+
+def test_make_run_lab_runs_a_learners_copy_with_errors_allowed_and_prints_its_checks(graded, capsys):
+    from course.run_lab import run_lab
+    root, _, _ = graded
+    assert run_lab("01", "fiona", root, cell_timeout=CELL_TIMEOUT) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Running learners/fiona/labs/01-fixture-lora-count.ipynb in a fresh kernel (errors allowed, nothing saved)…"
+    assert any(line.startswith("✘ ex2-adapter-bytes: adapter bytes in fp32 is 131,072") for line in out)
+    assert any(line.startswith("○ ex3-qv-params: not done yet") for line in out)
+    assert out[-1].startswith("1 of 3 checks passed, 1 wrong, 1 not done yet; the notebook completed in ")
+    assert run_lab("1", "fiona", root) == 2 and run_lab("07", "fiona", root) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        "LAB must be a two-digit lab number such as 03, got '1'.",
+        "learners/fiona/labs/ has no lab 07: run make start LEARNER=fiona first."]

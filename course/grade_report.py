@@ -150,8 +150,7 @@ FEEDBACK = {
            "said": "What your notebook said", "stub": "not attempted yet: its exercise cells are still the stub",
            "norun": "did not run: the notebook stopped before this check", "answers": "Written answers",
            "written": "written; your instructor reads it", "missing": "not written yet",
-           "states": {"passed": "✔ passed", "wrong": "✘ wrong", "not attempted": "○ not attempted",
-                      "did not run": "— did not run"},
+           "states": MARKS,
            "run": "Your notebook: {words}", "more": "In your notebook, `checks.hint(\"<check>\")` shows the "
            "formula-level hint of any check."},
     "es": {"title": "Comentarios", "intro": "Lo que encontraron las comprobaciones de tus notebooks al corregirlos.",

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .grade_report import gradebook_csv, render_feedback, render_markdown, summary_table
+from .grade_report import MARKS, gradebook_csv, render_feedback, render_markdown, summary_table
 from .notebooks import (ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, exercise_cells_of_checks,
                         lab_id_of)
 from .nbrun import _first_line
@@ -61,7 +61,7 @@ class GradeOptions:
 
 
 GRADER_FILES = ("grade.md", "grade.json", "feedback.md")   # what grading writes in a learner's folder
-STATES = ("passed", "wrong", "not attempted", "did not run")
+STATES = tuple(MARKS)   # passed, wrong, not attempted, did not run (see _state_of)
 
 
 def _package_digest() -> str:
@@ -222,7 +222,7 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     solution_nb = _read_nb(sol_path) if sol_path else None
     lab_nb = _read_nb(lab_path) if lab_path else None
 
-    def finish(checks_by_name: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    def finish(checks_by_name: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
         names = list(ref_checks) + [n for n in checks_by_name if n not in ref_checks]
         for name in names:
             mine, ref = checks_by_name.get(name), ref_checks.get(name)
@@ -246,7 +246,6 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
         report["hints_asked"] = sorted({r["name"] for r in records if r.get("kind") == "hint"})
         return report
 
-    records: list[dict[str, Any]] = []
     learner_nb = _read_nb(learner_nb_path) if learner_nb_path else None
     # an unreadable notebook's checks "did not run"; a lab not started is all "not attempted"
     untouched = _untouched_checks(lab_nb, learner_nb) if learner_nb is not None or learner_nb_path is None else set()
@@ -255,7 +254,7 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
             f"not started: there is no {learner_home.name}/labs/{lab_path.name if lab_path else lab_id + '-*.ipynb'}"
             f" (make start LEARNER={learner_home.name} adds it)"))
         report["answers"] = _answers(None, solution_nb)
-        return finish({})
+        return finish({}, [])
     report["answers"] = _answers(learner_nb, solution_nb)
     if learner_nb is not None:
         report["cells"] = _compare_cells(lab_nb, learner_nb)
@@ -286,10 +285,9 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                                      "exercise": is_ex, "ename": err["ename"], "evalue": err["evalue"],
                                      "note": note})
     report["fallbacks"] = sorted({r["name"] for r in ex.records if r.get("kind") == "fallback"})
-    records.extend(ex.records)
     report.update(status=ex.status, message=ex.message, runtime_s=ex.runtime_s,
                   hardware=_hardware(ex), isolation=ex.isolation)
-    return finish(ex.checks())
+    return finish(ex.checks(), ex.records)
 
 
 def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOptions | None = None,

@@ -104,19 +104,13 @@ def on_wrong(name: str, message: str) -> tuple[str, int]:
     level 1 on the first failure, level 2 (the formula) from the second failure in this kernel."""
     _FAILS[name] += 1
     h = _REGISTRY.get(name, Hints())
-    parts, level = [message], 0
-    if text(h.hint):
-        parts.append(frame("hint", text=text(h.hint)))
-        level = 1
-    if text(h.formula):
-        if _FAILS[name] >= 2:
-            parts.append(frame("formula", text=text(h.formula)))
-            level = 2
-        else:
-            parts.append(frame("more", name=name))
-    if len(parts) == 1:
+    hint, formula = text(h.hint), text(h.formula)
+    second = formula is not None and _FAILS[name] >= 2
+    extras = [frame("hint", text=hint)] if hint else []
+    extras += [frame("formula", text=formula) if second else frame("more", name=name)] if formula else []
+    if not extras:
         return message, 0
-    return " ".join([message.rstrip(".") + ".", *parts[1:]]), level
+    return " ".join([message.rstrip(".") + ".", *extras]), 2 if second else 1 if hint else 0
 
 
 def show(name: str) -> int:

@@ -197,7 +197,6 @@ def lab_header(lab_id: str, *, title: str | None = None, summary_en: str | None 
     if summary_en is None or summary_es is None:
         raise ValueError("lab_header: pass both summary_en= and summary_es= with title=, or neither.")
     quiet_libraries()
-    checks.start_lab(lab_id)
     try:
         profile = active_profile()
         problem = None

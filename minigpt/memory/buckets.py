@@ -59,4 +59,5 @@ BUCKET_COLORS: dict[str, str] = {
     "optimizer": "#d62728",
     "activations": "#2ca02c",
     "temporaries": "#7f7f7f",
+    "communication": "#17becf",   # collective buffers of a sharded run (minigpt.memory.distributed)
 }

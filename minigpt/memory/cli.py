@@ -22,6 +22,7 @@ from .compare import (DEFAULT_GRID_MODELS, MEASURABLE_OPTIMIZERS, MEASURABLE_PRE
                       accuracy_grid, build_factory, compare, compare_dict, compare_table, dropout_overrides,
                       format_grid, format_row, measure, measured_model_state)
 from .estimate import ATTENTIONS, METHODS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, estimate
+from .estimate.sharding import SHARDINGS
 
 
 # ------------------------------------------------------------------------ command line
@@ -93,6 +94,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--semantics", choices=SEMANTICS, default="cuda")
     p.add_argument("--gpus", type=_pos_int, default=1)
     p.add_argument("--zero", type=int, choices=ZERO_STAGES, default=0)
+    p.add_argument("--sharding", choices=SHARDINGS, default="flat",
+                   help="how the states are split: flat (DeepSpeed-style), fsdp2 (zero=3), ddp (zero 0 or 1)")
+    p.add_argument("--rank-index", type=int, default=0, help="which rank to predict (fsdp2, ddp differ by rank)")
     p.add_argument("--unit", choices=("auto", "MiB", "GiB"), default="auto")
     p.add_argument("--json", action="store_true", help="print JSON (integer bytes) instead of a table")
     p.add_argument("--emit", choices=("accelerate", "deepspeed"), default=None,
@@ -107,9 +111,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   double_quant=a.double_quant, precision=a.precision, optimizer=a.optimizer,
                   attention=a.attention, dropout=a.dropout, batch=a.batch, seq=a.seq,
                   checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero)
+    if a.command != "estimate" and (a.sharding != "flat" or a.rank_index):
+        parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "
+                       "measure runs one process: use `python -m minigpt.memory.distributed` to run ranks.\n")
     try:
         if a.command == "estimate":
-            est = estimate(**kwargs)
+            est = estimate(**kwargs, sharding=a.sharding, rank_index=a.rank_index)
             if a.emit:   # the spec is valid (estimate did not raise): print its launch config
                 from .launchers import emit
                 print(emit(a.emit, gpus=a.gpus, zero=a.zero, batch=a.batch, precision=a.precision))

@@ -23,7 +23,8 @@ def _buckets_of(r: Any) -> dict[str, int]:
     if not isinstance(b, Mapping) or not set(BUCKETS) <= set(b):
         raise TypeError(f"expected an Estimate, a MemoryReport or a dict with the keys "
                         f"{', '.join(BUCKETS)}; got {type(r).__name__}.")
-    return {k: int(b[k]) for k in BUCKETS}
+    extra = {k: int(v) for k, v in b.items() if k in BUCKET_COLORS and k not in BUCKETS}  # communication
+    return {**{k: int(b[k]) for k in BUCKETS}, **extra}
 
 
 def _unit(max_bytes: float, unit: str) -> tuple[str, int]:
@@ -55,8 +56,9 @@ def bucket_bars(reports: Mapping[str, Any], unit: str = "auto", title: Optional[
     fig, ax = _figure(ax)
     labels = list(splits)
     bottoms = [0.0] * len(labels)
-    for k in BUCKETS:
-        heights = [splits[l][k] / div for l in labels]
+    keys = [*BUCKETS, *(k for k in BUCKET_COLORS if k not in BUCKETS and any(k in s for s in splits.values()))]
+    for k in keys:
+        heights = [splits[l].get(k, 0) / div for l in labels]
         ax.bar(labels, heights, bottom=bottoms, color=BUCKET_COLORS[k], label=k, width=0.6)
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     for i, total in enumerate(bottoms):

@@ -29,8 +29,8 @@ from typing import Any, Iterable, Optional
 
 import torch
 import torch.nn as nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
+from torch.utils._pytree import tree_flatten as _tree_flatten
 
 from .buckets import BUCKETS
 
@@ -61,6 +61,24 @@ def _storage(t: torch.Tensor):
     return t.untyped_storage()
 
 
+def tree_flatten(tree: Any) -> tuple[list, Any]:
+    """The leaves of ``tree``, with every wrapper tensor subclass (a DTensor, FSDP2's sharded
+    parameters and gradients) replaced by the plain tensors it wraps: a wrapper owns no memory of
+    its own, its local shard does (and the ops inside its dispatch run below this mode, unseen)."""
+    leaves, spec = _tree_flatten(tree)
+    out: list = []
+    for t in leaves:
+        stack = [t]
+        while stack:
+            u = stack.pop()
+            if isinstance(u, torch.Tensor) and is_traceable_wrapper_subclass(u):
+                attrs, _ = u.__tensor_flatten__()
+                stack.extend(getattr(u, a) for a in attrs)
+            else:
+                out.append(u)
+    return out, spec
+
+
 class TensorTracker(TorchDispatchMode):
     """Follow every tensor storage of a training step and keep live/peak bytes per bucket.
 
@@ -79,6 +97,8 @@ class TensorTracker(TorchDispatchMode):
     ``timeline=True`` records the live bytes per bucket after every op.
     """
 
+    buckets: tuple[str, ...] = BUCKETS   # a subclass may add its own (distributed.py: communication)
+
     def __init__(self, semantics: str = "cpu", timeline: bool = False, gpu_only: bool = False):
         super().__init__()
         # gpu_only (real CUDA runs): storages in host memory are booked as HOST, outside the buckets
@@ -89,10 +109,10 @@ class TensorTracker(TorchDispatchMode):
         self._recs: dict[int, _Rec] = {}      # serial -> record (live storages only)
         self._by_key: dict[int, int] = {}     # storage address -> serial of the live storage there
         self._serial = 0
-        self.live: dict[str, int] = {k: 0 for k in (*BUCKETS, HOST)}
+        self.live: dict[str, int] = {k: 0 for k in (*self.buckets, HOST)}
         self.phase = "setup"
         self.peak = 0
-        self.peak_buckets: dict[str, int] = {k: 0 for k in BUCKETS}
+        self.peak_buckets: dict[str, int] = {k: 0 for k in self.buckets}
         self.peak_phase = "setup"
         self.phase_peaks: dict[str, tuple[int, dict[str, int]]] = {}
         self.record_timeline = timeline
@@ -175,8 +195,8 @@ class TensorTracker(TorchDispatchMode):
 
         A storage already registered is moved to ``bucket``.
         """
-        if bucket not in BUCKETS and bucket != HOST:
-            raise ValueError(f"bucket must be one of {', '.join(BUCKETS)}, got {bucket!r}.")
+        if bucket not in self.buckets and bucket != HOST:
+            raise ValueError(f"bucket must be one of {', '.join(self.buckets)}, got {bucket!r}.")
         for t in tree_flatten(tensors)[0]:
             if isinstance(t, torch.Tensor):
                 st = _storage(t)
@@ -229,8 +249,8 @@ class TensorTracker(TorchDispatchMode):
         return t
 
     def _grad_hook(self, p: torch.Tensor) -> None:
-        if p.grad is not None:
-            st = _storage(p.grad)
+        for g in [t for t in tree_flatten(p.grad)[0] if isinstance(t, torch.Tensor)]:
+            st = _storage(g)
             rec = self._find(st)
             if rec is None:
                 self._add(st, "gradients", True, False)
@@ -301,14 +321,14 @@ class TensorTracker(TorchDispatchMode):
 
     # ------------------------------------------------------------------------ read-outs
     def total(self) -> int:
-        return sum(self.live[k] for k in BUCKETS)
+        return sum(self.live[k] for k in self.buckets)
 
     def snapshot(self) -> dict[str, int]:
         """Live bytes per bucket right now."""
-        return {k: self.live[k] for k in BUCKETS}
+        return {k: self.live[k] for k in self.buckets}
 
     def snapshot_tuple(self) -> tuple[int, ...]:
-        return tuple(self.live[k] for k in BUCKETS)
+        return tuple(self.live[k] for k in self.buckets)
 
     def _update_peak(self) -> None:
         total = self.total()
@@ -322,7 +342,7 @@ class TensorTracker(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         """Start peak bookkeeping afresh from what is alive now."""
-        self.peak, self.peak_buckets, self.peak_phase = 0, {k: 0 for k in BUCKETS}, self.phase
+        self.peak, self.peak_buckets, self.peak_phase = 0, {k: 0 for k in self.buckets}, self.phase
         self.phase_peaks = {}
         self._update_peak()
 
@@ -331,6 +351,18 @@ class TensorTracker(TorchDispatchMode):
         self._update_peak()  # the live bytes at the phase boundary belong to the new phase too
         if self.record_timeline:
             self._sample(f"<{phase}>")
+
+    def storage_resized(self, t: torch.Tensor, bucket: str = "weight_copies") -> None:
+        """Tell the tracker that ``t``'s storage was resized outside the dispatcher
+        (``UntypedStorage.resize_``, as FSDP2 frees and re-allocates its unsharded parameters):
+        a storage first seen here joins ``bucket``."""
+        st = _storage(t)
+        rec = self._find(st)
+        if rec is None:
+            self._add(st, bucket, False, bucket == "weight_copies")
+        else:
+            self._resize_check(rec, st)
+        self._update_peak()
 
     def storages(self) -> Iterable[_Rec]:
         return list(self._recs.values())

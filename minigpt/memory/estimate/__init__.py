@@ -115,6 +115,7 @@ from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_
                    PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, linear_layers,
                    lora_plan, model_names, n_parameters, parameter_inventory, resolve_model, resolve_targets,
                    spec_from_config)
+from .sharding import SHARDINGS, shard_states  # noqa: F401  (SHARDINGS: the CLI's choices)
 from .states import _param_bytes, _shard, model_states, nf4_bytes
 from .walk import _Ctx
 
@@ -146,7 +147,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
              precision: str = "fp32", optimizer: str = "adamw", attention: str = "sdpa",
              dropout: Optional[float] = None, batch: int = 1, seq: int = 128,
              checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
-             head_trainable: bool = True, **overrides) -> Estimate:
+             head_trainable: bool = True, sharding: str = "flat", rank_index: int = 0,
+             **overrides) -> Estimate:
     """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
 
     Args:
@@ -171,6 +173,10 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             autocast lists, foreach optimizers, step counters on the host) or "cpu".
         gpus, zero: data-parallel GPUs and ZeRO stage (0 none; 1 optimizer state, 2 + gradients,
             3 + weights sharded; FSDP FULL_SHARD = 3).
+        sharding, rank_index: how the states are split (sharding.py): "flat" (DeepSpeed-style even
+            split), "fsdp2" (PyTorch FSDP2, zero=3: per-parameter dim-0 shards, padded) or "ddp"
+            (DistributedDataParallel with gradient buckets; zero=1 adds ZeroRedundancyOptimizer);
+            the last two differ by rank: ``rank_index`` says which rank to predict.
     """
     _choice("method", method, METHODS)
     _choice("precision", precision, PRECISIONS)
@@ -235,21 +241,34 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     # sharding (ZeRO): divide the model states each GPU keeps
     notes: list[str] = []
     grad_scale = 1
-    if zero >= 1:
-        states.optimizer = _shard(states.optimizer, gpus)
-    if zero >= 2:
-        grad_scale = gpus
-        states.gradients = _shard(states.gradients, gpus)
     gather = 0
-    if zero >= 3:
-        states.weights_trainable = _shard(states.weights_trainable, gpus)
-        states.weights_frozen = _shard(states.weights_frozen, gpus)
-        block_w = sum(t.numel for t in parameter_inventory(spec) if ".0." in t.name and not t.kind.startswith("buffer"))
-        gather = 2 * block_w * _param_bytes(precision)
-        notes.append("ZeRO-3 gathers one block's weights at a time, two with prefetch: "
-                     f"{fmt_bytes(gather)} in weight_copies.")
-    peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale, opt_scale=gpus if zero >= 1 else 1,
-                        extra_copies=gather)
+    plan = shard_states(spec, states, precision, optimizer, semantics, gpus, zero, sharding, rank_index,
+                        _param_bytes(precision))
+    if sharding == "flat":
+        if zero >= 1:
+            states.optimizer = _shard(states.optimizer, gpus)
+        if zero >= 2:
+            grad_scale = gpus
+            states.gradients = _shard(states.gradients, gpus)
+        if zero >= 3:
+            states.weights_trainable = _shard(states.weights_trainable, gpus)
+            states.weights_frozen = _shard(states.weights_frozen, gpus)
+            block_w = sum(t.numel for t in parameter_inventory(spec) if ".0." in t.name and not t.kind.startswith("buffer"))
+            gather = 2 * block_w * _param_bytes(precision)
+            notes.append("ZeRO-3 gathers one block's weights at a time, two with prefetch: "
+                         f"{fmt_bytes(gather)} in weight_copies.")
+    elif plan is not None:
+        notes.append(f"FSDP2 on rank {rank_index} of {gpus}: padded dim-0 shards; in backward one block "
+                     "gathered, the next block's all-gather buffer and a reduce-scatter buffer beside it "
+                     "(collective buffers are counted in temporaries).")
+    peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
+                        opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
+                        extra_copies=gather, fsdp=plan, ddp_buckets=sharding == "ddp" and gpus > 1)
+    comm = {}
+    for ph, (tot, b) in list(peaks.items()):
+        if ph != "_where" and "communication" in b:
+            comm[ph] = b.pop("communication")
+            b["temporaries"] += comm[ph]
     where = peaks.pop("_where", {})
     phase = max(peaks, key=lambda p: peaks[p][0])
     peak, split = peaks[phase]
@@ -273,14 +292,15 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                   double_quant=bool(double_quant), precision=precision, optimizer=optimizer,
                   attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
                   batch=batch, seq=seq, checkpointing=bool(checkpointing), semantics=semantics,
-                  gpus=gpus, zero=zero)
+                  gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index)
     model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,
                    "gradients": states.gradients, "optimizer": states.optimizer}
     return Estimate(peak=peak, buckets=split, peak_phase=phase,
                     phases={p: {"peak": v[0], "buckets": v[1]} for p, v in peaks.items()},
                     model_state=model_state, activations=fw.activations, config=config,
                     n_params=states.n_params, n_trainable=states.n_trainable, paged_bytes=states.paged,
-                    host_bytes=states.host, activation_terms=dict(fw.terms), notes=notes)
+                    host_bytes=states.host, activation_terms=dict(fw.terms), notes=notes,
+                    communication=comm.get(phase, 0))
 
 
 def asdict_shallow(spec: ModelSpec) -> dict:

@@ -71,7 +71,7 @@ def _optimizer_temporaries(states: _States, optimizer: str, precision: str, sema
 
 
 def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_scale: int = 1,
-                opt_scale: int = 1, extra_copies: int = 0) -> dict:
+                opt_scale: int = 1, extra_copies: int = 0, fsdp=None, ddp_buckets: bool = False) -> dict:
     """Peak bucket totals of the forward pass, the backward pass and the optimizer step.
 
     The backward pass is replayed over the forward's op list in reverse, as autograd runs it:
@@ -83,6 +83,13 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     a ``.grad`` (bucket gradients) once all its contributions are summed (the tied LM head and
     embedding contribute twice). Under autocast the 16-bit gradient of a weight is cast to fp32.
     With checkpointing, a block's saved tensors come back (recomputed) when backward reaches it.
+
+    ``fsdp`` (a sharding.FsdpPlan): FSDP2's schedule, unit by unit (bucket ``communication`` for
+    its buffers). The root's weights stay gathered from forward to the end of backward; backward
+    gathers each block when it reaches it and prefetches the next block's all-gather buffer; a
+    block's gradients stay unsharded (temporaries) until its post-backward reduce-scatters them
+    (its buffer beside them), then its gathered weights are freed. ``ddp_buckets``: DDP with
+    ``gradient_as_bucket_view``: the full gradients are alive all step.
     """
     static = empty_buckets()
     static["weights_trainable"] = states.weights_trainable
@@ -90,7 +97,12 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     static["optimizer"] = states.optimizer
     static["temporaries"] = batch_bytes(ctx.spec, ctx.B, ctx.T)
     static["weight_copies"] = extra_copies      # ZeRO-3 gather buffers
+    if fsdp is not None:
+        static["communication"] = 0
+    if ddp_buckets:
+        static["gradients"] = states.gradients
     live = _Live(static)
+    fs = _FsdpSchedule(fsdp, live) if fsdp is not None else None
     ops = fw.ops
     ckpt = ctx.checkpointing
 
@@ -99,6 +111,8 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     end["activations"] = fw.activations
     end["weight_copies"] = fw.copies_end_forward
     end["temporaries"] += fw.logits + fw.kept
+    if fs is not None:
+        end["weight_copies"] += fsdp.full.get(-1, 0)   # the root is not resharded after forward
     live.peaks["forward"] = (sum(end.values()), end)
     extra = fw.fwd_peak - (end["activations"] + end["weight_copies"] + fw.logits + fw.kept)
     if ctx.checkpointing:
@@ -119,6 +133,8 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
             rc[sid] = rc.get(sid, 0) + 1
             size[sid] = (b, bucket)
     live.b["temporaries"] += fw.logits + fw.kept
+    if fs is not None:
+        live.add("weight_copies", fsdp.full.get(-1, 0))
     for sid, (b, bucket) in size.items():
         live.add(bucket, b)
     ckpt_alive = {}
@@ -191,6 +207,8 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
                             size[sid] = (b, bucket)
                         rc[sid] = rc.get(sid, 0) + 1
         live.at = f"{op.name} (block {op.block})" if op.block >= 0 else op.name
+        if fs is not None:
+            fs.reach(op.block)
         out_buf = gbuf.get(id(op.outs[0]))
         new_bufs = []
         for x in op.ins:
@@ -230,10 +248,16 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
                 live.add("temporaries", -n * ce)
             contributions[key] -= 1
             pending[key] = n * fe
-            if contributions[key] == 0:   # (ZeRO-2/3: reduce-scattered, each GPU keeps 1/G)
+            if contributions[key] == 0 and fs is not None:
+                fs.grad_done(key, n * fe)     # unsharded until its unit's reduce-scatter
+            elif contributions[key] == 0 and ddp_buckets:
+                live.add("temporaries", -n * fe)   # written into its bucket, alive all along
+            elif contributions[key] == 0:   # (ZeRO-2/3: reduce-scattered, each GPU keeps 1/G)
                 live.add("temporaries", -n * fe)
                 live.add("gradients", _shard(n * fe, grad_scale))
         live.check("backward")
+    if fs is not None:
+        fs.finish()
     # the graph is freed: whatever is still saved goes, and the output (logits) is dropped
     for sid in list(rc):
         live.add(size[sid][1], -size[sid][0])
@@ -245,6 +269,8 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     live.b["weight_copies"] = 0
     live.b["activations"] = 0
     live.b["gradients"] = states.gradients
+    if fs is not None:
+        live.b["communication"] = 0
     live.at = "end of backward"
     live.check("backward")
     live.at = "optimizer.step()"
@@ -253,3 +279,52 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
         states, optimizer, ctx.precision, ctx.semantics), opt_scale)})
     live.peaks["_where"] = live.where
     return live.peaks
+
+
+class _FsdpSchedule:
+    """FSDP2's unshard / prefetch / reduce-scatter / reshard events during the backward replay."""
+
+    def __init__(self, plan, live: _Live):
+        self.plan, self.live = plan, live
+        self.current = None                 # the block whose backward runs
+        self.prefetched: set = set()
+        self.unsharded_grads: dict = {}     # unit -> bytes of its finished, unsharded gradients
+
+    def reach(self, block: int) -> None:
+        if block < 0 or block == self.current:
+            return
+        if self.current is not None:
+            self._post_backward(self.current)
+        p, live = self.plan, self.live
+        live.at = f"FSDP2 all-gather of block {block}"
+        if block not in self.prefetched:
+            live.add("communication", p.buffer(block))
+        live.add("weight_copies", p.full.get(block, 0))      # copied out of the all-gather buffer
+        live.check("backward")
+        live.add("communication", -p.buffer(block))
+        self.prefetched.discard(block)
+        if block - 1 >= 0:                                    # backward prefetch of the next block
+            live.add("communication", p.buffer(block - 1))
+            self.prefetched.add(block - 1)
+        live.check("backward")
+        self.current = block
+
+    def grad_done(self, key: str, nbytes: int) -> None:
+        unit = self.plan.grads_of.get(key, -1)
+        self.unsharded_grads[unit] = self.unsharded_grads.get(unit, 0) + nbytes
+
+    def _post_backward(self, unit: int) -> None:
+        p, live = self.plan, self.live
+        live.at = f"FSDP2 reduce-scatter of {'the root' if unit < 0 else f'block {unit}'}"
+        live.add("communication", p.trainable_buffer(unit))   # the gradients, copied in
+        live.check("backward")
+        live.add("temporaries", -self.unsharded_grads.pop(unit, 0))
+        live.add("gradients", p.trainable_shard.get(unit, 0))
+        live.check("backward")
+        live.add("communication", -p.trainable_buffer(unit))
+        live.add("weight_copies", -p.full.get(unit, 0))       # resharded
+
+    def finish(self) -> None:
+        if self.current is not None:
+            self._post_backward(self.current)
+        self._post_backward(-1)

@@ -30,6 +30,7 @@ class Estimate:
     activation_terms: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
     label: str = LABEL
+    communication: int = 0    # collective buffers alive at the peak (FSDP2; inside temporaries)
 
     def to_dict(self) -> dict:
         """The bucket keys as integer bytes, ``peak``, and the echoed configuration."""

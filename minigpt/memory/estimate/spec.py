@@ -155,6 +155,11 @@ class PTensor:
     numel: int
     kind: str      # "embed" | "linear_w" | "linear_b" | "norm" | "buffer_int" | "buffer_float"
     module: str = ""   # owning module's qualified name (Linear layers)
+    rows: int = 0      # size of dim 0 (what FSDP2 shards); 0 = a 1-D tensor of numel rows
+
+    @property
+    def dim0(self) -> int:
+        return self.rows or self.numel
 
 
 def linear_layers(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
@@ -180,7 +185,7 @@ def parameter_inventory(spec: ModelSpec) -> list[PTensor]:
             if prefix_filter(name):
                 if name == "lm_head" and spec.tie:
                     continue
-                inv.append(PTensor(name + ".weight", fin * fout, "linear_w", name))
+                inv.append(PTensor(name + ".weight", fin * fout, "linear_w", name, rows=fout))
                 if b:
                     inv.append(PTensor(name + ".bias", fout, "linear_b", name))
 
@@ -190,9 +195,9 @@ def parameter_inventory(spec: ModelSpec) -> list[PTensor]:
             inv.append(PTensor(name + ".bias", d, "norm"))
 
     if spec.family == "minigpt":
-        inv.append(PTensor("wte.weight", spec.vocab * d, "embed"))
+        inv.append(PTensor("wte.weight", spec.vocab * d, "embed", rows=spec.vocab))
         if spec.positions:
-            inv.append(PTensor("wpe.weight", spec.positions * d, "embed"))
+            inv.append(PTensor("wpe.weight", spec.positions * d, "embed", rows=spec.positions))
         for i in range(L):
             norm(f"blocks.{i}.ln_1")
             linears(lambda n, i=i: n.startswith(f"blocks.{i}.attn."))
@@ -203,9 +208,9 @@ def parameter_inventory(spec: ModelSpec) -> list[PTensor]:
     elif spec.family in ("roberta", "bert"):
         k = spec.family
         e = f"{k}.embeddings."
-        inv += [PTensor(e + "word_embeddings.weight", spec.vocab * d, "embed"),
-                PTensor(e + "position_embeddings.weight", spec.positions * d, "embed"),
-                PTensor(e + "token_type_embeddings.weight", spec.type_vocab * d, "embed")]
+        inv += [PTensor(e + "word_embeddings.weight", spec.vocab * d, "embed", rows=spec.vocab),
+                PTensor(e + "position_embeddings.weight", spec.positions * d, "embed", rows=spec.positions),
+                PTensor(e + "token_type_embeddings.weight", spec.type_vocab * d, "embed", rows=spec.type_vocab)]
         norm(e + "LayerNorm")
         for i in range(L):
             p = f"{k}.encoder.layer.{i}."
@@ -215,10 +220,10 @@ def parameter_inventory(spec: ModelSpec) -> list[PTensor]:
             norm(p + "output.LayerNorm")
         linears(lambda n: not n.startswith(f"{k}.encoder."))
         # non-persistent int64 buffers (1, max_positions): position_ids, token_type_ids
-        inv += [PTensor(e + "position_ids", spec.positions, "buffer_int"),
-                PTensor(e + "token_type_ids", spec.positions, "buffer_int")]
+        inv += [PTensor(e + "position_ids", spec.positions, "buffer_int", rows=1),
+                PTensor(e + "token_type_ids", spec.positions, "buffer_int", rows=1)]
     else:
-        inv.append(PTensor("model.embed_tokens.weight", spec.vocab * d, "embed"))
+        inv.append(PTensor("model.embed_tokens.weight", spec.vocab * d, "embed", rows=spec.vocab))
         for i in range(L):
             p = f"model.layers.{i}."
             linears(lambda n, p=p: n.startswith(p + "self_attn."))

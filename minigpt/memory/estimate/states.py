@@ -82,36 +82,44 @@ def model_states(spec: ModelSpec, method: str, precision: str, optimizer: str, r
     st.gradients = st.weights_trainable
 
     # optimizer state
-    opt = 0
-    counters = 0
-    paged = 0
-    for _, n, b in trainable:
-        master = 4 * n if precision == "fp16-master" else 0
-        if optimizer == "sgd":
-            state = (4 if precision == "fp16-master" else b) * n
-        elif optimizer == "adamw":
-            state = 2 * (4 if precision == "fp16-master" else b) * n
-            counters += 1
-        elif optimizer in ("adamw-8bit", "paged-adamw-8bit"):
-            if n >= BNB_MIN_8BIT_SIZE:
-                state = 2 * n + 2 * 4 * -(-n // BNB_8BIT_BLOCK)
-            else:
-                state = 8 * n
-        else:  # paged-adamw: float32 states
-            state = 8 * n
-        if optimizer.startswith("paged") and n >= BNB_PAGED_MIN_NUMEL:
-            paged += state
-            state = 0
-        opt += state + master
-    if optimizer in ("adamw-8bit", "paged-adamw-8bit") and any(n >= BNB_MIN_8BIT_SIZE for _, n, _ in trainable):
-        opt += 2 * 256 * 4  # the signed and unsigned dynamic code tables
-    if counters:
-        if semantics == "cuda":
-            st.host += 4 * counters
-        else:
-            opt += 4 * counters
+    opt, paged = optimizer_bytes(trainable, precision, optimizer, semantics)
+    counters = sum(1 for _ in trainable) if optimizer == "adamw" else 0
+    if counters and semantics == "cuda":
+        st.host += 4 * counters
     st.optimizer, st.paged = opt, paged
     return st
+
+
+def tensor_optimizer_bytes(n: int, b: int, precision: str, optimizer: str) -> tuple[int, int]:
+    """(GPU bytes, paged bytes) of one trainable tensor's optimizer state: ``n`` elements of ``b``
+    bytes (the step counter not included)."""
+    master = 4 * n if precision == "fp16-master" else 0
+    if optimizer == "sgd":
+        state = (4 if precision == "fp16-master" else b) * n
+    elif optimizer == "adamw":
+        state = 2 * (4 if precision == "fp16-master" else b) * n
+    elif optimizer in ("adamw-8bit", "paged-adamw-8bit"):
+        state = 2 * n + 2 * 4 * -(-n // BNB_8BIT_BLOCK) if n >= BNB_MIN_8BIT_SIZE else 8 * n
+    else:  # paged-adamw: float32 states
+        state = 8 * n
+    if optimizer.startswith("paged") and n >= BNB_PAGED_MIN_NUMEL:
+        return master, state
+    return state + master, 0
+
+
+def optimizer_bytes(trainable: list, precision: str, optimizer: str, semantics: str) -> tuple[int, int]:
+    """(GPU bytes, paged bytes) of the optimizer state of ``trainable`` [(name, numel, bytes)]: the
+    tensors' states, bitsandbytes' code tables, AdamW's float32 step counters (on the host under
+    semantics="cuda", so not counted here)."""
+    opt = paged = 0
+    for _, n, b in trainable:
+        s, p = tensor_optimizer_bytes(n, b, precision, optimizer)
+        opt, paged = opt + s, paged + p
+    if optimizer in ("adamw-8bit", "paged-adamw-8bit") and any(n >= BNB_MIN_8BIT_SIZE for _, n, _ in trainable):
+        opt += 2 * 256 * 4  # the signed and unsigned dynamic code tables
+    if optimizer == "adamw" and semantics != "cuda":
+        opt += 4 * len(trainable)
+    return opt, paged
 
 
 def _shard(n: int, g: int) -> int:

@@ -107,6 +107,7 @@ def figures() -> dict[str, str]:
     f["fix.qlora_states"] = gib(qlora_states)
     f["fix.mini.states"] = ", ".join(
         auto(states(t["start"])) for t in (m_full, m_lora, m_qlora))
+    f.update(sharded_figures())
     return f
     return f
 
@@ -211,6 +212,56 @@ def t_learner(lang: str) -> str:
     return table(head, rows, "lrlrrrr")
 
 
-TABLES = {"table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen,
+def sharded_runs() -> dict:
+    """The committed measurement of `make benchmark-sharded` (benchmarks/bench_sharded.py)."""
+    import json
+    from minigpt.paths import ROOT
+    return json.loads((ROOT / "benchmarks" / "results" / "sharded_cpu.json").read_text(encoding="utf-8"))
+
+
+def sharded_figures() -> dict[str, str]:
+    """The figures of the section on measured sharded ranks (theory 03, 'What one rank really holds')."""
+    from minigpt.memory.estimate.sharding import fsdp2_rows
+    from minigpt.model import preset_config
+    data, f = sharded_runs(), {}
+    rows = {(r["mode"], r["world"], r["rank"]): r for r in data["rows"]}
+    vocab = preset_config("small").vocab_size
+    f["shard.vocab"] = str(vocab)
+    f["shard.rows.stored"], f["shard.rows.real1"] = (str(x) for x in fsdp2_rows(vocab, 2, 1))
+    opt = [rows["zero1", 2, r]["measured"]["model_state"]["optimizer"] for r in (0, 1)]
+    f["shard.zero1.diff"] = num(abs(opt[0] - opt[1]))
+    f["shard.ddp.bucket"] = mib(rows["ddp", 1, 0]["measured"]["model_state"]["gradients"], 2)
+    f["shard.ddp.peak"] = mib(rows["ddp", 1, 0]["measured"]["peak"], 2)
+    fs1, fs2 = rows["fsdp2", 1, 0]["measured"]["peak"], rows["fsdp2", 2, 0]["measured"]["peak"]
+    f["shard.fsdp2.peak1"], f["shard.fsdp2.peak2"] = mib(fs1, 2), mib(fs2, 2)
+    f["shard.fsdp2.ratio"] = pct(fs2 / fs1, 0)
+    f["shard.machine"] = f"{data['machine']}, torch {data['torch']}, {data['date']}"
+    f["shard.spec"] = f"$B$ = {data['batch']}, $T$ = {data['seq']}"
+    errs = [abs(r["estimated"]["peak"] - r["measured"]["peak"]) / r["measured"]["peak"] for r in data["rows"]]
+    f["shard.maxerr"] = pct(max(errs), 1)
+    import torch.distributed as dist
+    from torch.nn.parallel import distributed as ddp
+    f["ddp.bucket_cap"] = mib(ddp._DEFAULT_BUCKET_CAP_MB * 2 ** 20, 0)   # torch's own defaults
+    f["ddp.first_bucket"] = mib(dist._DEFAULT_FIRST_BUCKET_BYTES, 0)
+    return f
+
+
+def t_sharded(lang: str) -> str:
+    from minigpt.memory.buckets import fmt_error
+    mode = {"ddp": ("DDP", "DDP"), "zero1": ("DDP + ZeroRedundancyOptimizer (ZeRO-1)", "DDP + ZeroRedundancyOptimizer (ZeRO-1)"),
+            "fsdp2": ("FSDP2 `fully_shard` (ZeRO-3)", "FSDP2 `fully_shard` (ZeRO-3)")}
+    out = []
+    for r in sharded_runs()["rows"]:
+        m, e = r["measured"], r["estimated"]
+        out.append([tr(lang, *mode[r["mode"]]), str(r["world"]), str(r["rank"]),
+                    mib(sum(m["model_state"].values()), 2), mib(sum(e["model_state"].values()), 2),
+                    mib(m["peak"], 2), mib(e["peak"], 2), fmt_error(e["peak"], m["peak"])])
+    head = [tr(lang, "mode", "modo"), tr(lang, "ranks", "rangos"), tr(lang, "rank", "rango"),
+            tr(lang, "model states, measured", "estados del modelo, medidos"), tr(lang, "estimated", "estimados"),
+            tr(lang, "peak, measured", "pico, medido"), tr(lang, "estimated", "estimado"), tr(lang, "error", "error")]
+    return table(head, out, "lrrrrrrr")
+
+
+TABLES = {"table.sharded": t_sharded, "table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen,
           "table.attention": t_attention, "table.zero": t_zero, "table.footprint": t_footprint,
           "table.learner": t_learner}

@@ -85,3 +85,19 @@ def test_bad_sharding_arguments_say_what_to_change():
     with pytest.raises(ValueError, match="mode must be one of"):
         run_sharded("tiny", "zero3")
     assert os.getpid()   # (nothing was started)
+
+
+def test_the_committed_benchmark_agrees_with_todays_estimator():
+    """theory/03's measured table comes from benchmarks/results/sharded_cpu.json (make benchmark-sharded):
+    when the estimator changes, its predictions for those runs must still match what was measured."""
+    import json
+    from minigpt.paths import ROOT
+    data = json.loads((ROOT / "benchmarks" / "results" / "sharded_cpu.json").read_text(encoding="utf-8"))
+    assert {(r["mode"], r["world"]) for r in data["rows"]} == {(m, w) for m in ("ddp", "zero1", "fsdp2") for w in (1, 2)}
+    for row in data["rows"]:
+        est = estimate_rank(row["mode"], "pretrained", row["world"], row["rank"], data["batch"], data["seq"])
+        ms = est.model_state
+        assert row["measured"]["model_state"] == {"weights": ms["weights_trainable"] + ms["weights_frozen"],
+                                                  "gradients": ms["gradients"], "optimizer": ms["optimizer"]}
+        assert row["estimated"]["peak"] == est.peak
+        assert abs(est.peak - row["measured"]["peak"]) <= 0.05 * row["measured"]["peak"]

@@ -263,7 +263,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                      "(collective buffers are counted in temporaries).")
     peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
                         opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
-                        extra_copies=gather, fsdp=plan, ddp_buckets=sharding == "ddp" and gpus > 1)
+                        extra_copies=gather, fsdp=plan, ddp_buckets=sharding == "ddp")
     comm = {}
     for ph, (tot, b) in list(peaks.items()):
         if ph != "_where" and "communication" in b:

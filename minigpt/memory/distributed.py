@@ -90,7 +90,8 @@ class RankResult:
     batch: int
     seq: int
     model_state: dict = field(default_factory=dict)   # weights / gradients / optimizer, bytes
-    peak: int = 0
+    peak: int = 0                                       # the lowest peak of the tracked steps
+    peaks: list = field(default_factory=list)           # the peak of every tracked step
     peak_phase: str = ""
     peak_buckets: dict = field(default_factory=dict)
     phase_peaks: dict = field(default_factory=dict)    # phase -> peak bytes
@@ -201,10 +202,12 @@ def _patch_fsdp_storage(tracker: TensorTracker):
 
 
 def run_rank(rank: int, world: int, mode: str, model_name: str, batch: int, seq: int, steps: int,
-             out_dir: str, init_method: Optional[str], fail: bool = False, lr: float = 3e-4) -> RankResult:
-    """One rank's run: ``steps - 1`` untracked steps (the optimizer state exists after the first),
-    then one tracked step. Writes ``rank<N>.json`` into ``out_dir`` *before* tearing the process
-    group down (gloo's teardown sometimes aborts after the work is done)."""
+             out_dir: str, init_method: Optional[str], fail: bool = False, lr: float = 3e-4,
+             tracked: int = 3) -> RankResult:
+    """One rank's run: ``steps - 1`` untracked steps (the optimizer state exists after the first,
+    DDP rebuilds its buckets after it), then ``tracked`` tracked steps. Writes ``rank<N>.json`` into
+    ``out_dir`` *before* tearing the process group down (gloo's teardown sometimes aborts after
+    the work is done)."""
     import torch
     import torch.distributed as dist
     from ..data import encode_corpus, lm_batch, rotten_tomatoes
@@ -221,10 +224,11 @@ def run_rank(rank: int, world: int, mode: str, model_name: str, batch: int, seq:
         data = encode_corpus("\n".join(r.text for r in rotten_tomatoes("train")), errors="replace")
         res = RankResult(mode, world, rank, model_name, batch, seq)
         start = time.perf_counter()
-        tracker = None
-        for step in range(steps):
+        best = None
+        for step in range(steps + tracked - 1):
             x, y = lm_batch(data, batch, seq, gen)
-            if step == steps - 1:
+            tracker = None
+            if step >= steps - 1:        # the tracked steps: each its own tracker
                 tracker = DistTracker()
                 res.model_state = {"weights": _storage_bytes(model.parameters()),
                                    "optimizer": _storage_bytes(_optimizer_state(opt))}
@@ -235,11 +239,18 @@ def run_rank(rank: int, world: int, mode: str, model_name: str, batch: int, seq:
                 tracker.register(_optimizer_state(opt), "optimizer", data=True)
                 tracker.register((x, y), "temporaries", data=True)
             res.losses.append(_step(model, opt, x, y, tracker, mode))
+            if tracker is not None:
+                res.peaks.append(tracker.peak)
+                if best is None or tracker.peak < best.peak:
+                    best = tracker
         res.model_state["gradients"] = _storage_bytes(p.grad for p in model.parameters() if p.grad is not None)
         res.seconds = time.perf_counter() - start
-        res.peak, res.peak_phase = tracker.peak, tracker.peak_phase
-        res.peak_buckets = dict(tracker.peak_buckets)
-        res.phase_peaks = {k: v[0] for k, v in tracker.phase_peaks.items()}
+        # gloo finishes a collective in a background thread and holds its buffers until then, so the
+        # same step can peak a little higher when a buffer is released late: report the lowest peak
+        # of the tracked steps (the schedule without late releases) and keep every step's in ``peaks``
+        res.peak, res.peak_phase = best.peak, best.peak_phase
+        res.peak_buckets = dict(best.peak_buckets)
+        res.phase_peaks = {k: v[0] for k, v in best.phase_peaks.items()}
         res.n_params_local = sum(_local(p).numel() for p in model.parameters())
         if mode == "zero1":   # whole parameters per rank: count the ones this rank updates
             res.n_params_local = sum(p.numel() for g in opt.optim.param_groups for p in g["params"])
@@ -283,6 +294,15 @@ def estimate_rank(mode: str, model: str, world: int, rank: int, batch: int, seq:
                     **ESTIMATE_ARGS[mode])
 
 
+def with_communication(est) -> dict:
+    """An Estimate's split at the peak with its collective buffers as their own bucket (the
+    estimator counts them in temporaries), to draw beside a rank's measured buckets."""
+    b = dict(est.buckets)
+    b["temporaries"] -= est.communication
+    b[COMM] = est.communication
+    return b
+
+
 def gloo_problem(timeout: float = 60.0) -> Optional[str]:
     """None when a 1-rank gloo process group starts on this machine, else one line saying why not."""
     try:
@@ -312,8 +332,9 @@ def run_sharded(model: str = "tiny", mode: str = "fsdp2", world: int = 2, batch:
             Shakespeare ``small`` checkpoint).
         mode: "ddp", "zero1" or "fsdp2" (see the module docstring).
         world, batch, seq: ranks, and the batch and sequence length of *each* rank.
-        steps: training steps; the last one is tracked (at least 2, so the optimizer state exists;
-            DDP rebuilds its gradient buckets after the first step, so 3 by default).
+        steps: the first tracked step is step number ``steps`` (at least 2, so the optimizer state
+            exists; DDP rebuilds its gradient buckets after the first step, so 3 by default); it and
+            the next two are tracked, and each rank reports the lowest of their peaks (``peaks``: all).
         timeout: seconds for the whole run; then every rank is killed.
         fail_rank: make that rank raise right after joining (tests: the others must not hang).
     """

@@ -55,21 +55,24 @@ LABS: dict[str, LabText] = {
         summary_en=('You take one training step apart, bucket by bucket: predict weights, gradients, AdamW state and '
                     'activations with pencil-and-paper formulas, measure the same step with minigpt.memory and '
                     'explain each gap; sweep batch and length, switch checkpointing, follow one step op by op, and '
-                    'size MiniGPT-85M and LLaMA-7B (full, LoRA, QLoRA) on fake tensors.'),
+                    'size MiniGPT-85M and LLaMA-7B (full, LoRA, QLoRA) on fake tensors; then run a sharded fine-tune for '
+                    'real on 2 CPU ranks (DDP, ZeRO-1, FSDP2) and hold each rank against the estimate.'),
         summary_es=('Desmontas un paso de entrenamiento cubeta por cubeta: predices pesos, gradientes, estado de '
                     'AdamW y activaciones con fórmulas de lápiz y papel, mides el mismo paso con minigpt.memory y '
                     'explicas cada diferencia; barres lote y longitud, activas el checkpointing, sigues un paso '
                     'operación a operación y dimensionas MiniGPT-85M y LLaMA-7B (completo, LoRA, QLoRA) con tensores '
-                    'falsos.'),
-        cpu_note_en=('Parts 1-4 and 6 run the same everywhere (CPU tracker, fake tensors). Three cells take another '
+                    'falsos; después ejecutas de verdad un ajuste repartido en 2 rangos de CPU (DDP, ZeRO-1, FSDP2) y '
+                    'comparas cada rango con la estimación.'),
+        cpu_note_en=('Parts 1-4, 6 and 7 run the same everywhere (CPU tracker, fake tensors, CPU ranks over gloo). Three cells take another '
                      'path on CPU because PyTorch has no peak-memory counter for the CPU: the timeline of part 5 shows'
-                     " the tracker's curve only (no allocator curves), and part 7 prints the tracked CPU figures, "
+                     " the tracker's curve only (no allocator curves), and part 8 prints the tracked CPU figures, "
                      "labelled 'tracked on CPU', instead of torch.cuda.max_memory_allocated; the last one (measured "
                      'against the estimate) says it was skipped.'),
-        cpu_note_es=('Las partes 1-4 y 6 corren igual en todas partes (rastreador de CPU, tensores falsos). Tres '
+        cpu_note_es=('Las partes 1-4, 6 y 7 corren igual en todas partes (rastreador de CPU, tensores falsos, rangos '
+                     'de CPU con gloo). Tres '
                      'celdas siguen otro camino en CPU porque PyTorch no tiene contador de pico para la CPU: la línea '
                      'de tiempo de la parte 5 solo muestra la curva del rastreador (sin curvas del asignador) y la '
-                     "parte 7 muestra las cifras rastreadas en CPU, con la etiqueta 'tracked on CPU', en lugar de "
+                     "parte 8 muestra las cifras rastreadas en CPU, con la etiqueta 'tracked on CPU', en lugar de "
                      'torch.cuda.max_memory_allocated; la última (medida frente a la estimación) dice que se omitió.'),
     ),
     "04": LabText(

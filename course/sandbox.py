@@ -72,7 +72,7 @@ def detect_isolation(network: bool = True) -> Isolation:
 
 @dataclass
 class Execution:
-    status: str            # completed | kernel_died | notebook_timeout | killed | failed_to_start | unreadable
+    status: str   # completed | kernel_died | worker_died | notebook_timeout | killed | failed_to_start | unreadable
     message: str
     runtime_s: float
     cells: list[dict[str, Any]] = field(default_factory=list)    # per executed code cell
@@ -138,20 +138,34 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
     except (OSError, json.JSONDecodeError):
         status = {}
     kernel_pid = status.get("kernel_pid")
-    if killed and kernel_pid and "--pid" not in isolation.prefix:
-        # the worker was killed before it could stop its kernel (which runs in its own session);
-        # inside a PID namespace the kernel already died with the worker, and its pid means nothing here
+    # the worker died mid-notebook (killed by the notebook it ran, or out of memory)
+    worker_died = not killed and status.get("status") == "running" and kernel_pid is not None
+    if (killed or worker_died) and kernel_pid and "--pid" not in isolation.prefix:
+        # the worker could not stop its kernel (which runs in its own session); inside a PID
+        # namespace the kernel already died with the worker, and its pid means nothing here
         _kill_group(kernel_pid)
     records = read_checks_file(checks_file)
     shutil.rmtree(scratch, ignore_errors=True)
     if killed:
         st, msg = "killed", f"the notebook did not finish within {notebook_timeout:g} s and was stopped"
+    elif worker_died:
+        # Nothing of this run is trusted: the checks it recorded count for nothing.
+        records = [r for r in records if r.get("kind") != "check"]
+        st, msg = "worker_died", _worker_death(proc.returncode, status.get("current"))
     elif not status or status.get("status") == "running":
         tail = " / ".join(output.decode(errors="replace").strip().splitlines()[-3:])
         st, msg = "failed_to_start", f"the grading worker failed (exit code {proc.returncode}): {tail}"
     else:
         st, msg = status["status"], status.get("message", "")
     return Execution(st, msg, round(runtime, 2), status.get("cells", []), records, isolation.how)
+
+
+def _worker_death(returncode: int | None, cell: dict[str, Any] | None) -> str:
+    how = (f"was killed by signal {signal.Signals(-returncode).name}" if returncode is not None and returncode < 0
+           and -returncode in signal.Signals._value2member_map_ else f"exited with code {returncode}")
+    where = (f" while running cell {cell['index'] + 1} (`{cell.get('first_line', '')}`)" if cell else "")
+    return (f"the grading worker {how}{where}, so nothing this run recorded counts (a notebook that kills "
+            f"its grader, or one that ran out of memory)")
 
 
 def _kill_group(pid: int) -> None:

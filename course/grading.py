@@ -6,15 +6,18 @@
 For each lab, a copy of ``learners/<name>/`` (profile.md and labs/) is made in a temporary
 directory and the notebook runs there, in a fresh kernel started by a worker subprocess
 (``python -I course/nbrun.py``) with a per-cell and a per-notebook time limit. On Linux
-the worker and its kernel run in a new network namespace (``unshare``) when this machine
-allows it, so a notebook cannot reach the network. The kernel writes its check records to
+the worker and its kernel run in new user, network, PID and mount namespaces (``unshare``) when
+this machine allows it, so a notebook cannot reach the network, leave a process behind, see the
+solutions or other learners, or write outside its copy (course/jail.py, course/confinement.py);
+the report says which of these were enforced. The kernel writes its check records to
 ``$MINIGPT_CHECKS_FILE`` (see course.checks), which the grader reads back; a notebook that
 fails in any way (syntax error, exception, endless loop, dead kernel, unreadable file) is
 reported as such and grading goes on. The learner's files are never written to.
 
 The reference values come from running each solution notebook once per grading run, with the
 same machinery; the result is cached in ``.cache/grading/`` under a hash of the solution and of
-the package source, so it is recomputed whenever either changes.
+the course's and the package's source, so it is recomputed whenever either changes, and verified
+when read. Reports, the cache, the locks and the repository-tree digest: course/grade_files.py.
 
 This module also holds the course's notebook conventions, which course/labs.py uses.
 """
@@ -39,6 +42,8 @@ from .grade_report import MARKS, gradebook_csv, render_feedback, render_markdown
 from .notebooks import (ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, exercise_cells_of_checks,
                         lab_id_of)
 from .nbrun import _first_line
+from .confinement import describe as describe_jail
+from .confinement import jail_spec
 from .sandbox import Execution, detect_isolation, execute_notebook
 from .learner import ROOT, load_profile, validate_name
 
@@ -59,11 +64,19 @@ class GradeOptions:
     kernel_name: str = "python3"
     reference: bool = True           # run each solution once for the reference values
     network_isolation: bool = True
+    sandbox: bool = True             # confine each run's file system (Linux; course/jail.py)
     cache_dir: Path | None = None    # default: <root>/.cache/grading
     progress: bool = True            # a progress bar per learner on stderr (tqdm)
 
 
 STATES = tuple(MARKS)   # passed, wrong, not attempted, did not run (see _state_of)
+
+
+def _confined_roots(root: Path) -> list[Path]:
+    """The folders whose solutions/, learners/, .cache/ and .git a sandboxed run must not see:
+    the course being graded, the repository the package is imported from, the venv's."""
+    import minigpt
+    return [root, Path(minigpt.__file__).resolve().parent.parent, Path(sys.prefix).resolve().parent]
 
 
 def _package_digest() -> str:
@@ -104,7 +117,8 @@ def _cached_or_run(solution: Path, opts: GradeOptions, cache: Path, key: str, pr
         shutil.copy2(solution, copy)
         ex = execute_notebook(copy, cell_timeout=opts.cell_timeout, notebook_timeout=opts.notebook_timeout,
                               kernel_name=opts.kernel_name, profile="",
-                              isolation=detect_isolation(opts.network_isolation))
+                              isolation=detect_isolation(opts.network_isolation, opts.sandbox),
+                              confine=_confined_roots(solution.resolve().parent.parent))
     if ex.status == "completed":
         write_cached(cache, key, asdict(ex))
     return ex
@@ -270,7 +284,8 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
         ex = execute_notebook(home / "labs" / learner_nb_path.name, cell_timeout=opts.cell_timeout,
                               notebook_timeout=opts.notebook_timeout, kernel_name=opts.kernel_name,
                               profile=str(profile) if profile.is_file() else "",
-                              isolation=detect_isolation(opts.network_isolation))
+                              isolation=detect_isolation(opts.network_isolation, opts.sandbox),
+                              confine=_confined_roots(root))
     exercise_ids = {c.get("id") for c in (lab_nb or {}).get("cells", []) if cell_role(c) == "exercise"}
     cells = (learner_nb or {}).get("cells", [])
     for entry in ex.cells:
@@ -345,13 +360,16 @@ def _grade_learner(name: str, root: Path, home: Path, opts: GradeOptions, memo: 
     if changes:
         flags.insert(0, f"files outside the grading copies changed while grading: {'; '.join(changes)}")
     mine_prefix = f"learners/{name}/"
-    isolation = detect_isolation(opts.network_isolation)
+    isolation = detect_isolation(opts.network_isolation, opts.sandbox)
+    how = isolation.how
+    if isolation.jail:
+        how += f"; sandbox: {describe_jail(jail_spec(_confined_roots(root), [], opts.notebook_timeout))}"
     report = {
         "learner": name, "profile": profile,
         "graded_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "settings": {"kernel": opts.kernel_name, "cell_timeout_s": opts.cell_timeout,
                      "notebook_timeout_s": opts.notebook_timeout, "reference_runs": opts.reference},
-        "isolation": {"network": isolation.network, "how": isolation.how},
+        "isolation": {"network": isolation.network, "how": how, "sandbox": isolation.jail},
         "nothing_to_grade": not labs, "ignored_notebooks": ignored, "labs": labs,
         "passed": sum(l["passed"] for l in labs), "total": sum(l["total"] for l in labs),
         "states": {st: sum(l.get("states", {}).get(st, 0) for l in labs) for st in STATES},
@@ -404,10 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     p.add_argument("--no-reference", action="store_true", help="do not run the solution notebooks")
     p.add_argument("--no-network-isolation", action="store_true")
+    p.add_argument("--no-sandbox", action="store_true", help="do not confine the notebooks' file system")
     p.add_argument("--root", type=Path, default=ROOT, help="the course folder (default: this repository)")
     a = p.parse_args(argv)
     opts = GradeOptions(a.cell_timeout, a.notebook_timeout, a.kernel, not a.no_reference,
-                        not a.no_network_isolation)
+                        not a.no_network_isolation, not a.no_sandbox)
     t0 = time.monotonic()
     try:
         if a.all:

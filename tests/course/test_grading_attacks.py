@@ -5,16 +5,19 @@ solution, so "the other labs are graded normally" means 3 of 3 there.
 
 For each attack: no marks gained, the attempt named in grade.md, nothing written outside the
 course's scratch folder (a sentinel file outside stays as it was), and the other lab graded.
-The notebooks are not sandboxed yet (issue 20, part 2), so a notebook that writes into the
-repository succeeds; what is asserted is that grade.md names every change.
+Where this machine allows the sandbox (course/jail.py in user, network, PID and mount
+namespaces) the attacks on the file system fail; where it does not, they are not skipped: the
+test asserts that grade.md says the sandbox was not enforced and names what the notebook changed.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,10 @@ def assert_no_marks_from_lab1_and_lab2_graded(report: dict) -> None:
     l1, l2 = lab(report, "01"), lab(report, "02")
     assert set(checks_by_name(l1)) >= LAB1_CHECKS and l1["passed"] == 0, l1["checks"]
     assert (l2["status"], l2["passed"], l2["total"]) == ("completed", 3, 3), l2["message"]
+
+
+def sandboxed() -> bool:
+    return grading.detect_isolation(True, True).jail
 
 
 def process_gone(pid: int, within: float = 5.0) -> bool:
@@ -135,7 +142,9 @@ def test_report_files_planted_as_links_are_replaced_not_written_through(course):
     os.symlink(outside, root / "learners" / "gradebook.csv")
     report = grading.grade_learner(name, root, options(root))
     assert_no_marks_from_lab1_and_lab2_graded(report)
-    assert 3 not in [e["cell"] for e in lab(report, "01")["errors"]]    # the links were planted
+    # the links were planted, or, in the sandbox, learners/ was not even there to plant them in
+    errors = {e["cell"]: e["ename"] for e in lab(report, "01")["errors"]}
+    assert (errors.get(3) in ("FileNotFoundError", "OSError", "PermissionError")) if sandboxed() else 3 not in errors
     for written in grading.GRADER_FILES:
         assert (home / written).is_file() and not (home / written).is_symlink(), written
     assert read(home / "grade.json")["learner"] == name
@@ -156,20 +165,71 @@ def test_a_learner_folder_that_is_a_link_is_refused_in_one_sentence(course, tmp_
     (root / "learners" / "linked").unlink()
 
 
-def test_a_notebook_that_writes_into_the_repository_is_named_in_grade_md(tmp_path):
-    """Not prevented yet (no sandbox), but never hidden: every file it added, changed or removed
-    is listed under Flags, and "files unchanged" says NO."""
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_a_notebook_that_writes_into_the_repository_fails_or_is_named_in_grade_md(tmp_path, sandbox):
+    """In the sandbox the course is out of reach and the cell fails; without it (switched off, or
+    not possible here) the writes succeed but are never hidden: every file added, changed or
+    removed is listed under Flags, and "files unchanged" says NO."""
     root = tmp_path / "course"
     build_course(root)
     splice(root, "writer", "write-repo", ROOT=str(root))
-    report = grading.grade_learner("writer", root, options(root))
+    report = grading.grade_learner("writer", root, options(root, sandbox=sandbox))
     assert_no_marks_from_lab1_and_lab2_graded(report)
+    if sandbox and sandboxed():
+        assert report["isolation"]["sandbox"] and "sandbox: file system read-only" in report["isolation"]["how"]
+        assert report["repository_unchanged"] and report["flags"] == []
+        assert [e["cell"] for e in lab(report, "01")["errors"]][0] == 3
+        return
+    assert "no sandbox" in report["isolation"]["how"] or not sandbox
     assert report["repository_unchanged"] is False and report["learner_files_unchanged"] is True
     assert report["changed_files"] == ["added: solutions/pwned.txt", "removed: learners/bob/profile.md",
                                        f"changed: labs/{LAB1}"]
     md = (root / "learners" / "writer" / "grade.md").read_text(encoding="utf-8")
     assert "whole repository tree and the learner's folder): **NO** — 3 change(s), listed under Flags." in md
     assert "added: solutions/pwned.txt; removed: learners/bob/profile.md" in md
+
+
+def test_a_notebook_cannot_read_the_solutions_write_outside_reach_host_sockets_or_leave_a_process(course, tmp_path):
+    """Attacks 1 (read the solutions), 4 and 5. In the sandbox each fails; without it the report
+    says that the file system was not confined (the attacks are not skipped silently)."""
+    root, outside = course
+    token, new_file = f"minigpt-attack-{uuid.uuid4().hex}", tmp_path / "escaped.txt"
+    sock_path = tmp_path / "host.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(sock_path))
+    server.listen(1)
+    server.setblocking(False)
+    try:
+        splice(root, "escaper", "escape", ROOT=str(root), OUTSIDE_NEW=str(new_file), SOCK=str(sock_path), TOKEN=token)
+        report = grading.grade_learner("escaper", root, options(root))
+        try:
+            server.accept()
+            connected = True
+        except BlockingIOError:
+            connected = False
+    finally:
+        server.close()
+    assert_no_marks_from_lab1_and_lab2_graded(report)
+    escaped = [e["evalue"] for e in lab(report, "01")["errors"] if "ESCAPED" in e["evalue"]]
+    leftover = [p for p in Path("/proc").glob("[0-9]*") if token in _cmdline(p)]
+    if not sandboxed():
+        assert "no sandbox of the file system" in report["isolation"]["how"]
+        for p in leftover:                      # not enforced here: clean up after the attack
+            os.kill(int(p.name), 9)
+        new_file.unlink(missing_ok=True)
+        return
+    assert escaped == [] and not connected and not new_file.exists(), escaped
+    assert leftover == [], "a process started by the notebook outlived grading"
+    assert outside.read_text() == "untouched\n" and report["repository_unchanged"]
+    md = (root / "learners" / "escaper" / "grade.md").read_text(encoding="utf-8")
+    assert "sandbox: file system read-only except a private /tmp" in md
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def test_an_honest_learner_reports_an_unchanged_tree(course):

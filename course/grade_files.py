@@ -195,9 +195,13 @@ def tree_digest(root: Path, extra: tuple[Path, ...] = ()) -> dict[str, str]:
     return out
 
 
-def tree_changes(before: dict[str, str], after: dict[str, str], limit: int = 50) -> list[str]:
-    """'added: x', 'removed: y', 'changed: z' for every file that differs (at most ``limit``)."""
+def tree_changes(before: dict[str, str], after: dict[str, str]) -> list[str]:
+    """'added: x', 'removed: y', 'changed: z' for every file that differs."""
     changes = [f"added: {p}" for p in sorted(after.keys() - before.keys())]
     changes += [f"removed: {p}" for p in sorted(before.keys() - after.keys())]
-    changes += [f"changed: {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+    return changes + [f"changed: {p}" for p in sorted(before.keys() & after.keys()) if before[p] != after[p]]
+
+
+def shorten(changes: list[str], limit: int = 50) -> list[str]:
+    """The first ``limit`` changes, and how many more there were: a flag stays readable."""
     return changes[:limit] + ([f"... and {len(changes) - limit} more"] if len(changes) > limit else [])

@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from .grade_files import GRADER_FILES  # noqa: F401  (re-exported: what grading writes, for the tests)
-from .grade_files import (AlreadyGrading, file_lock, learner_lock, read_cached, source_digest, tree_changes,
-                          tree_digest, write_cached, write_private)
+from .grade_files import (AlreadyGrading, file_lock, learner_lock, read_cached, shorten, source_digest,
+                          tree_changes, tree_digest, write_cached, write_private)
 from .grade_report import MARKS, gradebook_csv, render_feedback, render_markdown, summary_table
 from .notebooks import (ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, exercise_cells_of_checks,
                         lab_id_of)
@@ -356,7 +356,8 @@ def _grade_learner(name: str, root: Path, home: Path, opts: GradeOptions, memo: 
             bar.write(f"{name}: lab {lid} — {labs[-1]['passed']}/{labs[-1]['total']} passed in "
                       f"{labs[-1]['runtime_s']:.0f} s")
     after = tree_digest(root, (home,))
-    changes = tree_changes(before, after)
+    every_change = tree_changes(before, after)
+    changes = shorten(every_change)
     if changes:
         flags.insert(0, f"files outside the grading copies changed while grading: {'; '.join(changes)}")
     mine_prefix = f"learners/{name}/"
@@ -373,7 +374,7 @@ def _grade_learner(name: str, root: Path, home: Path, opts: GradeOptions, memo: 
         "nothing_to_grade": not labs, "ignored_notebooks": ignored, "labs": labs,
         "passed": sum(l["passed"] for l in labs), "total": sum(l["total"] for l in labs),
         "states": {st: sum(l.get("states", {}).get(st, 0) for l in labs) for st in STATES},
-        "learner_files_unchanged": not any(c.split(": ", 1)[-1].startswith(mine_prefix) for c in changes),
+        "learner_files_unchanged": not any(c.split(": ", 1)[1].startswith(mine_prefix) for c in every_change),
         "repository_unchanged": not changes, "changed_files": changes, "flags": flags,
         "runtime_s": round(time.monotonic() - t0, 2)}
     if write:

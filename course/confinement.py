@@ -45,12 +45,12 @@ def limits(notebook_timeout: float) -> dict[str, int]:
 
 
 def jail_spec(roots: list[Path], keep: list[Path], notebook_timeout: float) -> dict[str, Any]:
-    """What jail.py does for one run: everything read-only, HIDDEN covered in each root (the
+    """What jail.py does for one run: every mount read-only, HIDDEN covered in each root (the
     course being graded, the repository the package is imported from, the one the venv sits
     in), /run hidden (host sockets), ``keep`` (the notebook's copy, the scratch) writable."""
     bases = list(dict.fromkeys(Path(r).resolve() for r in roots))
     home = Path.home()
-    return {"readonly": ["/", *map(str, bases), sys.prefix, str(home)],
+    return {"readonly": ["/", *map(str, bases), sys.prefix, str(home)], "readonly_mounts": True,
             "hide": [str(b / h) for b in bases for h in HIDDEN] + ["/run"],
             "keep": [str(Path(k).resolve()) for k in keep], "limits": limits(notebook_timeout)}
 
@@ -68,7 +68,7 @@ def probe_jail(unshare: str) -> str:
         hidden.mkdir()
         (hidden / "secret").write_text("x")
         outside = Path.home() / f".minigpt-jail-probe-{os.getpid()}"
-        spec = {"readonly": ["/", str(Path.home())], "hide": [str(hidden)], "keep": [tmp], "limits": {"RLIMIT_FSIZE": FILE_SIZE_LIMIT}}
+        spec = {"readonly": ["/", str(Path.home())], "readonly_mounts": True, "hide": [str(hidden)], "keep": [tmp], "limits": {"RLIMIT_FSIZE": FILE_SIZE_LIMIT}}
         try:
             proc = subprocess.run([unshare, *JAIL_FLAGS, *jail_command(spec), sys.executable, "-I", "-c", _PROBE,
                                    str(hidden), str(outside)], capture_output=True, text=True, timeout=60)
@@ -88,4 +88,5 @@ def describe(spec: dict[str, Any]) -> str:
                  else "memory not limited (a CUDA GPU is present)")
     return ("file system read-only except a private /tmp and /dev/shm holding the notebook's copy; "
             f"{', '.join(h + '/' for h in HIDDEN)} of the course and /run hidden; a private /proc; "
-            f"limits: {', '.join(parts)}; not limited: the number of processes")
+            f"limits: {', '.join(parts)}; not limited: the number of processes, reading what is not hidden, "
+            f"connecting to Unix sockets outside /run and /tmp")

@@ -3,7 +3,8 @@
     python -I course/jail.py SPEC_JSON -- python -I course/nbrun.py NOTEBOOK ...
 
 SPEC_JSON (built by course.sandbox.jail_spec):
-    readonly  folders bound read-only onto themselves (the course, the package, the venv)
+    readonly  folders bound read-only onto themselves ("/", the course, the package, the venv)
+    readonly_mounts  true: every other mount point too (/dev, /sys/fs/cgroup/..., /boot, ...)
     hide      folders covered by an empty read-only tmpfs (solutions/, learners/, .cache/, .git)
     keep      folders under /tmp that stay visible and writable (the notebook's copy, the scratch)
     limits    {"RLIMIT_FSIZE": bytes, "RLIMIT_CPU": seconds, "RLIMIT_AS": bytes}, each optional
@@ -32,10 +33,25 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise OSError(err, f"mount {target}: {os.strerror(err)}")
 
 
+# statvfs flag -> mount flag. A remount must repeat these: in a user namespace a mount inherited
+# from the host has them locked, and a remount that drops one fails with EPERM.
+_KEEP_FLAGS = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: 8, os.ST_NOATIME: 1024,
+               os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
+
+
 def _readonly(folder: str) -> None:
     if folder != "/":      # "/" is remounted as it is: a mount stacked on it would not be entered
         _mount(folder, folder, None, MS_BIND | MS_REC)
-    _mount(None, folder, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    current = os.statvfs(folder).f_flag
+    kept = sum(ms for st, ms in _KEEP_FLAGS.items() if current & st)
+    _mount(None, folder, None, MS_REMOUNT | MS_BIND | MS_RDONLY | kept)
+
+
+def _mount_points() -> list[str]:
+    """Every mount point of this namespace, parents first (field 5 of /proc/self/mountinfo)."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        points = [line.split()[4].encode().decode("unicode_escape") for line in f]
+    return sorted(set(points), key=lambda p: (p.count("/"), p))
 
 
 def _fresh_tmpfs(folder: str, keep: dict[str, int]) -> None:
@@ -55,9 +71,11 @@ def setup(spec: dict) -> None:
     for k in map(os.path.realpath, spec.get("keep", [])):
         _mount(k, k, None, MS_BIND | MS_REC)          # its own mount: stays writable when "/" is not
         keep[k] = os.open(k, os.O_RDONLY | os.O_DIRECTORY)
-    for folder in spec.get("readonly", []):
-        if os.path.isdir(folder):
-            _readonly(folder)
+    readonly = [f for f in spec.get("readonly", []) if os.path.isdir(f)]
+    if spec.get("readonly_mounts"):     # and every mount under them: /dev, /sys/fs/cgroup/*, ...
+        readonly += [m for m in _mount_points() if m not in keep and m != "/proc" and not m.startswith("/proc/")]
+    for folder in dict.fromkeys(readonly):
+        _readonly(folder)
     for folder in spec.get("hide", []):
         if os.path.isdir(folder):
             _mount("tmpfs", folder, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")

@@ -58,7 +58,6 @@ def detect_isolation(network: bool = True, confine: bool = False) -> Isolation:
         _ISOLATION_CACHE[(network, confine)] = result
         return result
     result = Isolation([], "not restricted", "no network isolation: this is not Linux")
-    unshare = shutil.which("unshare")
     if sys.platform.startswith("linux") and not unshare:
         result = Isolation([], "not restricted", "no network isolation: the `unshare` command is missing")
     elif sys.platform.startswith("linux"):
@@ -184,8 +183,12 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
 
 
 def _worker_death(returncode: int | None, cell: dict[str, Any] | None) -> str:
-    how = (f"was killed by signal {signal.Signals(-returncode).name}" if returncode is not None and returncode < 0
-           and -returncode in signal.Signals._value2member_map_ else f"exited with code {returncode}")
+    how = f"exited with code {returncode}"
+    if returncode is not None and returncode < 0:
+        try:
+            how = f"was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-returncode}"
     where = (f" while running cell {cell['index'] + 1} (`{cell.get('first_line', '')}`)" if cell else "")
     return (f"the grading worker {how}{where}, so nothing this run recorded counts (a notebook that kills "
             f"its grader, or one that ran out of memory)")

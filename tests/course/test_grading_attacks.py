@@ -276,20 +276,23 @@ def test_a_reference_cache_entry_that_does_not_verify_is_recomputed_and_flagged(
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU make and a POSIX shell")
 def test_make_grade_passes_the_learner_name_through_the_environment(tmp_path):
     """`make grade LEARNER='x"; touch pwned; echo "'` creates nothing and prints one sentence;
-    so does a name with make's own $(shell ...) in it. Run in an empty folder, against the
+    so does a name with make's own $(shell ...) in it, and so do make start and make run-lab. Run in an empty folder, against the
     repository's Makefile, with the venv's install stamp marked up to date (-o)."""
     venv = Path(sys.prefix)
     stamp = venv / ".stamp-install"
     if not stamp.exists() or not (venv / "bin" / "python").exists():
         pytest.skip("needs the course's virtual environment (make install)")
-    for evil in ('x"; touch pwned; echo "', "$(shell touch pwned)`touch pwned`$$(touch pwned)';touch pwned;'"):
+    evils = ('x"; touch pwned; echo "', "$(shell touch pwned)`touch pwned`$$(touch pwned)';touch pwned;'")
+    runs = [("grade", f"LEARNER={e}", "Learner name ") for e in evils] + [
+        ("start", f"LEARNER={evils[0]}", "Learner name "), ("run-lab", f"LAB={evils[1]}", "LAB must be")]
+    for target, assignment, says in runs:
         proc = subprocess.run(["make", "-s", "-f", str(ROOT / "Makefile"), "-C", str(tmp_path), "-o", str(stamp),
-                               f"VENV={venv}", "grade", f"LEARNER={evil}"],
+                               f"VENV={venv}", target, assignment, *(["LEARNER=ana"] if target == "run-lab" else [])],
                               capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        assert proc.returncode != 0
-        assert list(tmp_path.iterdir()) == [] and not (ROOT / "pwned").exists()
+        assert proc.returncode != 0, target
+        assert list(tmp_path.iterdir()) == [] and not (ROOT / "pwned").exists(), target
         said = [line for line in proc.stdout.splitlines() if line.strip()]
-        assert len(said) == 1 and said[0].startswith("Learner name ") and "is not allowed" in said[0], proc.stdout
+        assert len(said) == 1 and said[0].startswith(says), (target, proc.stdout)
 
 
 def test_cache_entries_that_are_links_or_for_another_key_are_not_used(tmp_path):

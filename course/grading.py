@@ -276,9 +276,11 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     with tempfile.TemporaryDirectory(prefix="minigpt-grade-") as tmp:
         home = Path(tmp) / learner_home.name
         (home / "labs").mkdir(parents=True)
+        # links are copied as links, never as what they point to: a link to solutions/ must not
+        # put the solution's text inside the sandbox, where the link itself leads nowhere
         if (learner_home / "profile.md").is_file():
-            shutil.copy2(learner_home / "profile.md", home / "profile.md")
-        shutil.copytree(learner_home / "labs", home / "labs", dirs_exist_ok=True,
+            shutil.copy2(learner_home / "profile.md", home / "profile.md", follow_symlinks=False)
+        shutil.copytree(learner_home / "labs", home / "labs", dirs_exist_ok=True, symlinks=True,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         profile = home / "profile.md"
         ex = execute_notebook(home / "labs" / learner_nb_path.name, cell_timeout=opts.cell_timeout,

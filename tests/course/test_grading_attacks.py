@@ -225,6 +225,20 @@ def test_a_notebook_cannot_read_the_solutions_write_outside_reach_host_sockets_o
     assert "sandbox: file system read-only except a private /tmp" in md
 
 
+def test_a_link_to_a_solution_in_the_learners_folder_does_not_bring_it_into_the_run(course):
+    root, _ = course
+    splice(root, "linker", "read-linked")
+    os.symlink(root / "solutions" / LAB1, root / "learners" / "linker" / "labs" / "leak.ipynb")
+    report = grading.grade_learner("linker", root, options(root))
+    assert_no_marks_from_lab1_and_lab2_graded(report)
+    assert report["ignored_notebooks"] == ["leak.ipynb"]
+    escaped = [e["evalue"] for e in lab(report, "01")["errors"] if "ESCAPED" in e["evalue"]]
+    if sandboxed():
+        assert escaped == []
+    else:         # the link is copied as a link, which still leads to the solution without a sandbox
+        assert "no sandbox of the file system" in report["isolation"]["how"]
+
+
 def _cmdline(proc: Path) -> str:
     try:
         return (proc / "cmdline").read_bytes().decode(errors="replace")

@@ -166,7 +166,14 @@ benchmark-sharded: $(STAMP)
 # --- labs, learners and grading (docs/AUTHORING.md, learners/README.md) ------------------------
 # Usage: make start LEARNER=ana;  make grade LEARNER=ana GRADE_ARGS="--cell-timeout 600"
 LEARNER ?=
+LAB ?=
 GRADE_ARGS ?=
+# LEARNER and LAB reach the programs through the environment ("$$LEARNER"), never pasted into a
+# shell line, so LEARNER='x"; touch pwned; echo "' is only a name the program refuses; $(value)
+# keeps make itself from expanding a $(shell ...) written inside them.
+override LEARNER := $(value LEARNER)
+override LAB := $(value LAB)
+export LEARNER LAB
 generate-labs: $(STAMP)
 	$(PY) -m course.labs $(if $(PRUNE),--prune,)
 
@@ -174,13 +181,13 @@ time-labs: $(STAMP)
 	$(PY) -m course.timing
 
 start: $(STAMP)
-	@$(PY) -m course.learner start "$(LEARNER)"
+	@$(PY) -m course.learner start "$$LEARNER"
 
 run-lab: $(STAMP)
-	@$(PY) -m course.run_lab "$(LAB)" "$(LEARNER)"
+	@$(PY) -m course.run_lab "$$LAB" "$$LEARNER"
 
 grade: $(STAMP)
-	$(PY) -m course.grading "$(LEARNER)" $(GRADE_ARGS)
+	@$(PY) -m course.grading "$$LEARNER" $(GRADE_ARGS)
 
 grade-all: $(STAMP)
 	$(PY) -m course.grading --all $(GRADE_ARGS)

@@ -35,10 +35,20 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-_STATUS_WORDS = {"completed": "ran to the end", "kernel_died": "KERNEL DIED",
+_STATUS_WORDS = {"completed": "ran to the end", "kernel_died": "KERNEL DIED", "worker_died": "GRADER KILLED",
                  "notebook_timeout": "TIME LIMIT", "killed": "KILLED (time limit)",
                  "failed_to_start": "DID NOT START", "unreadable": "UNREADABLE FILE",
                  "not_started": "not started"}
+
+
+def _files_line(report: dict[str, Any]) -> str:
+    """Whether grading left the repository (and the learner's folder) as it found it."""
+    if "repository_unchanged" not in report:     # a grade.json from before the whole-tree digest
+        return f"Learner's files unchanged by grading: {'yes' if report['learner_files_unchanged'] else 'NO'}."
+    if report["repository_unchanged"]:
+        return "Files unchanged by grading (the whole repository tree and the learner's folder): yes."
+    return (f"Files unchanged by grading (the whole repository tree and the learner's folder): **NO** — "
+            f"{len(report['changed_files'])} change(s), listed under Flags.")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -55,7 +65,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"time limits {s['cell_timeout_s']:g} s per cell and {s['notebook_timeout_s']:g} s per notebook.",
             f"Isolation of each notebook run: a fresh kernel in a subprocess, working in a temporary copy "
             f"of learners/{name}/; {report['isolation']['how']}.",
-            f"Learner's files unchanged by grading: {'yes' if report['learner_files_unchanged'] else 'NO'}.", ""]
+            _files_line(report), ""]
+    if report.get("flags"):
+        out += ["## Flags — read these before trusting the marks", ""]
+        out += [f"- **{_cell(f)}**" for f in report["flags"]] + [""]
     if report["nothing_to_grade"]:
         out += [f"**Nothing to grade:** there are no labs in labs/ and no notebooks in learners/{name}/labs/ "
                 f"yet. Run `make start LEARNER={name}` once the labs exist.", ""]
@@ -131,8 +144,10 @@ def summary_table(reports: list[dict[str, Any]]) -> str:
     for r in reports:
         problems = [f"{l['lab']}: {_STATUS_WORDS.get(l['status'], l['status'])}" for l in r["labs"]
                     if l["status"] != "completed"]
-        rows.append((r["learner"], str(len(r["labs"])), f"{r['passed']}/{r['total']}",
-                     "nothing to grade" if r["nothing_to_grade"] else (", ".join(problems) or "—"),
+        said = "nothing to grade" if r["nothing_to_grade"] else (", ".join(problems) or "—")
+        if r.get("flags"):     # grade.md lists them; the table only says that there are some
+            said += f" ({len(r['flags'])} flag{'s' if len(r['flags']) > 1 else ''}, see grade.md)"
+        rows.append((r["learner"], str(len(r["labs"])), f"{r['passed']}/{r['total']}", said,
                      f"{r['runtime_s']:.1f} s"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)

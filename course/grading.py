@@ -6,15 +6,18 @@
 For each lab, a copy of ``learners/<name>/`` (profile.md and labs/) is made in a temporary
 directory and the notebook runs there, in a fresh kernel started by a worker subprocess
 (``python -I course/nbrun.py``) with a per-cell and a per-notebook time limit. On Linux
-the worker and its kernel run in a new network namespace (``unshare``) when this machine
-allows it, so a notebook cannot reach the network. The kernel writes its check records to
+the worker and its kernel run in new user, network, PID and mount namespaces (``unshare``) when
+this machine allows it, so a notebook cannot reach the network, leave a process behind, see the
+solutions or other learners, or write outside its copy (course/jail.py, course/confinement.py);
+the report says which of these were enforced. The kernel writes its check records to
 ``$MINIGPT_CHECKS_FILE`` (see course.checks), which the grader reads back; a notebook that
 fails in any way (syntax error, exception, endless loop, dead kernel, unreadable file) is
 reported as such and grading goes on. The learner's files are never written to.
 
 The reference values come from running each solution notebook once per grading run, with the
 same machinery; the result is cached in ``.cache/grading/`` under a hash of the solution and of
-the package source, so it is recomputed whenever either changes.
+the course's and the package's source, so it is recomputed whenever either changes, and verified
+when read. Reports, the cache, the locks and the repository-tree digest: course/grade_files.py.
 
 This module also holds the course's notebook conventions, which course/labs.py uses.
 """
@@ -32,10 +35,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .grade_files import GRADER_FILES  # noqa: F401  (re-exported: what grading writes, for the tests)
+from .grade_files import (AlreadyGrading, file_lock, learner_lock, read_cached, shorten, source_digest,
+                          tree_changes, tree_digest, write_cached, write_private)
 from .grade_report import MARKS, gradebook_csv, render_feedback, render_markdown, summary_table
 from .notebooks import (ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, exercise_cells_of_checks,
                         lab_id_of)
 from .nbrun import _first_line
+from .confinement import describe as describe_jail
+from .confinement import jail_spec
 from .sandbox import Execution, detect_isolation, execute_notebook
 from .learner import ROOT, load_profile, validate_name
 
@@ -56,52 +64,63 @@ class GradeOptions:
     kernel_name: str = "python3"
     reference: bool = True           # run each solution once for the reference values
     network_isolation: bool = True
+    sandbox: bool = True             # confine each run's file system (Linux; course/jail.py)
     cache_dir: Path | None = None    # default: <root>/.cache/grading
     progress: bool = True            # a progress bar per learner on stderr (tqdm)
 
 
-GRADER_FILES = ("grade.md", "grade.json", "feedback.md")   # what grading writes in a learner's folder
 STATES = tuple(MARKS)   # passed, wrong, not attempted, did not run (see _state_of)
 
 
+def _confined_roots(root: Path) -> list[Path]:
+    """The folders whose solutions/, learners/, .cache/ and .git a sandboxed run must not see:
+    the course being graded, the repository the package is imported from, the venv's."""
+    import minigpt
+    return [root, Path(minigpt.__file__).resolve().parent.parent, Path(sys.prefix).resolve().parent]
+
+
 def _package_digest() -> str:
-    h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parent
-    for f in sorted(pkg.rglob("*.py")):
-        h.update(str(f.relative_to(pkg)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    """The grader's and the package's source: a change to either can change a reference value."""
+    import minigpt
+    return source_digest(Path(__file__).resolve().parent, Path(minigpt.__file__).resolve().parent)
 
 
 def reference_run(solution: Path, opts: GradeOptions, cache_dir: Path,
-                  memo: dict[str, Execution]) -> Execution:
+                  memo: dict[str, Execution], problems: list[str] | None = None) -> Execution:
     """The solution notebook's execution: once per grading run (``memo``), from the on-disk cache
-    when neither the solution nor the package changed since, else a fresh run (cached only when
-    it completed)."""
+    when neither the solution nor the package changed since and the entry verifies, else a fresh
+    run (cached only when it completed). Why an entry was not used goes to ``problems``. A lock
+    per solution lets two concurrent grading runs share one solution run instead of racing."""
     if str(solution) in memo:
         return memo[str(solution)]
-    digest = hashlib.sha256(solution.read_bytes() + _package_digest().encode()
-                            + opts.kernel_name.encode()).hexdigest()[:20]
-    key = f"{solution.stem}-{digest}"
-    cache = cache_dir / f"reference-{key}.json"
-    if cache.is_file():
+    key = hashlib.sha256(solution.read_bytes() + b"\0" + _package_digest().encode()
+                         + b"\0" + opts.kernel_name.encode()).hexdigest()
+    cache = cache_dir / f"reference-{solution.stem}-{key[:20]}.json"
+    with file_lock(cache_dir / "locks" / f"reference-{solution.stem}.lock", wait=True, busy_message=""):
+        ex = _cached_or_run(solution, opts, cache, key, problems if problems is not None else [])
+    memo[str(solution)] = ex
+    return ex
+
+
+def _cached_or_run(solution: Path, opts: GradeOptions, cache: Path, key: str, problems: list[str]) -> Execution:
+    payload, why = read_cached(cache, key)
+    if why:
+        problems.append(why)
+    if payload is not None:
         try:
-            ex = Execution(**json.loads(cache.read_text()))
-            memo[str(solution)] = ex
-            return ex
-        except (json.JSONDecodeError, TypeError):
-            pass
+            return Execution(**payload)
+        except TypeError:
+            problems.append(f"the cached reference {cache.name} has another layout, so it was recomputed")
     with tempfile.TemporaryDirectory(prefix="minigpt-ref-") as tmp:
         copy = Path(tmp) / "solutions" / solution.name
         copy.parent.mkdir()
         shutil.copy2(solution, copy)
         ex = execute_notebook(copy, cell_timeout=opts.cell_timeout, notebook_timeout=opts.notebook_timeout,
                               kernel_name=opts.kernel_name, profile="",
-                              isolation=detect_isolation(opts.network_isolation))
+                              isolation=detect_isolation(opts.network_isolation, opts.sandbox),
+                              confine=_confined_roots(solution.resolve().parent.parent))
     if ex.status == "completed":
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(asdict(ex), ensure_ascii=False))
-    memo[str(solution)] = ex
+        write_cached(cache, key, asdict(ex))
     return ex
 
 
@@ -112,14 +131,6 @@ def _read_nb(path: Path) -> dict[str, Any] | None:
         return nb if isinstance(nb, dict) and isinstance(nb.get("cells"), list) else None
     except (OSError, ValueError):
         return None
-
-
-def _digest_tree(folder: Path) -> dict[str, str]:
-    out = {}
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and f.name not in GRADER_FILES:
-            out[str(f.relative_to(folder))] = hashlib.sha256(f.read_bytes()).hexdigest()
-    return out
 
 
 def _hardware(ex: Execution) -> str:
@@ -200,7 +211,7 @@ def _state_of(record: dict[str, Any] | None, untouched: bool) -> str:
 
 
 def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, root: Path,
-               opts: GradeOptions, memo: dict[str, Execution]) -> dict[str, Any]:
+               opts: GradeOptions, memo: dict[str, Execution], flags: list[str]) -> dict[str, Any]:
     lab_path = next(iter(sorted((root / "labs").glob(f"{lab_id}-*.ipynb"))), None)
     sol_path = next(iter(sorted((root / "solutions").glob(f"{lab_id}-*.ipynb"))), None)
 
@@ -214,7 +225,7 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
         "status": "", "message": "", "runtime_s": 0.0, "hardware": "", "checks": [], "errors": [],
         "fallbacks": [], "answers": [], "cells": {}, "reference": None, "passed": 0, "total": 0}
 
-    ref_ex = reference_run(sol_path, opts, opts.cache_dir, memo) if (opts.reference and sol_path) else None
+    ref_ex = reference_run(sol_path, opts, opts.cache_dir, memo, flags) if (opts.reference and sol_path) else None
     if ref_ex is not None:
         report["reference"] = {"status": ref_ex.status, "message": ref_ex.message,
                                "runtime_s": ref_ex.runtime_s, "hardware": _hardware(ref_ex)}
@@ -223,7 +234,10 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     lab_nb = _read_nb(lab_path) if lab_path else None
 
     def finish(checks_by_name: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
-        names = list(ref_checks) + [n for n in checks_by_name if n not in ref_checks]
+        # the solution run's checks, then the lab's (so a run that recorded nothing, without a
+        # solution run, still lists them), then any the learner's notebook added
+        lab_names = list(exercise_cells_of_checks(lab_nb)) if lab_nb is not None else []
+        names = list(dict.fromkeys([*ref_checks, *lab_names, *checks_by_name]))
         for name in names:
             mine, ref = checks_by_name.get(name), ref_checks.get(name)
             state = _state_of(mine, name in untouched)
@@ -262,15 +276,18 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     with tempfile.TemporaryDirectory(prefix="minigpt-grade-") as tmp:
         home = Path(tmp) / learner_home.name
         (home / "labs").mkdir(parents=True)
+        # links are copied as links, never as what they point to: a link to solutions/ must not
+        # put the solution's text inside the sandbox, where the link itself leads nowhere
         if (learner_home / "profile.md").is_file():
-            shutil.copy2(learner_home / "profile.md", home / "profile.md")
-        shutil.copytree(learner_home / "labs", home / "labs", dirs_exist_ok=True,
+            shutil.copy2(learner_home / "profile.md", home / "profile.md", follow_symlinks=False)
+        shutil.copytree(learner_home / "labs", home / "labs", dirs_exist_ok=True, symlinks=True,
                         ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
         profile = home / "profile.md"
         ex = execute_notebook(home / "labs" / learner_nb_path.name, cell_timeout=opts.cell_timeout,
                               notebook_timeout=opts.notebook_timeout, kernel_name=opts.kernel_name,
                               profile=str(profile) if profile.is_file() else "",
-                              isolation=detect_isolation(opts.network_isolation))
+                              isolation=detect_isolation(opts.network_isolation, opts.sandbox),
+                              confine=_confined_roots(root))
     exercise_ids = {c.get("id") for c in (lab_nb or {}).get("cells", []) if cell_role(c) == "exercise"}
     cells = (learner_nb or {}).get("cells", [])
     for entry in ex.cells:
@@ -284,6 +301,8 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
             report["errors"].append({"cell": idx + 1, "first_line": entry.get("first_line", ""),
                                      "exercise": is_ex, "ename": err["ename"], "evalue": err["evalue"],
                                      "note": note})
+    if ex.status == "worker_died":
+        flags.append(f"lab {lab_id}: {ex.message}")
     report["fallbacks"] = sorted({r["name"] for r in ex.records if r.get("kind") == "fallback"})
     report.update(status=ex.status, message=ex.message, runtime_s=ex.runtime_s,
                   hardware=_hardware(ex), isolation=ex.isolation)
@@ -293,18 +312,28 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
 def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOptions | None = None,
                   memo: dict[str, Execution] | None = None, write: bool = True) -> dict[str, Any]:
     """Grade every lab of one learner; write learners/<name>/grade.md and grade.json; return the
-    report. Raises ValueError (one sentence) for a bad name or a learner who does not exist."""
-    validate_name(name)
+    report. Raises ValueError (one sentence) for a bad name or a learner who does not exist, and
+    AlreadyGrading when another run is grading the same learner."""
+    validate_name(name)           # before the name reaches a path, a lock file or a subprocess
     root = Path(root).resolve()
     opts = opts or GradeOptions()
     if opts.cache_dir is None:
         opts.cache_dir = root / ".cache" / "grading"
     memo = {} if memo is None else memo
     home = root / "learners" / name
+    if home.is_symlink():
+        raise ValueError(f"learners/{name} is a link; grading writes its reports there, so make it a real folder.")
     if not home.is_dir():
         raise ValueError(f"There is no learner {name!r}: run make start LEARNER={name} first.")
+    with learner_lock(root / ".cache" / "grading" / "locks", name):   # where every run looks, whatever cache_dir
+        return _grade_learner(name, root, home, opts, memo, write)
+
+
+def _grade_learner(name: str, root: Path, home: Path, opts: GradeOptions, memo: dict[str, Execution],
+                   write: bool) -> dict[str, Any]:
     t0 = time.monotonic()
-    before = _digest_tree(home)
+    before = tree_digest(root, (home,))
+    flags: list[str] = []
     try:
         p = load_profile(home / "profile.md")
         profile: dict[str, Any] = {k: v for k, v in asdict(p).items() if k not in ("notes", "path")}
@@ -323,28 +352,37 @@ def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOpt
     lab_ids = sorted(set(course_labs) | set(mine))
     bar = _progress(lab_ids, name, opts.progress)
     for lid in bar:
-        labs.append(_grade_lab(lid, mine.get(lid), home, root, opts, memo))
+        labs.append(_grade_lab(lid, mine.get(lid), home, root, opts, memo, flags))
         if opts.progress:
             bar.set_postfix_str(f"{sum(l['passed'] for l in labs)}/{sum(l['total'] for l in labs)} passed")
             bar.write(f"{name}: lab {lid} — {labs[-1]['passed']}/{labs[-1]['total']} passed in "
                       f"{labs[-1]['runtime_s']:.0f} s")
-    after = _digest_tree(home)
-    isolation = detect_isolation(opts.network_isolation)
+    after = tree_digest(root, (home,))
+    every_change = tree_changes(before, after)
+    changes = shorten(every_change)
+    if changes:
+        flags.insert(0, f"files outside the grading copies changed while grading: {'; '.join(changes)}")
+    mine_prefix = f"learners/{name}/"
+    isolation = detect_isolation(opts.network_isolation, opts.sandbox)
+    how = isolation.how
+    if isolation.jail:
+        how += f"; sandbox: {describe_jail(jail_spec(_confined_roots(root), [], opts.notebook_timeout))}"
     report = {
         "learner": name, "profile": profile,
         "graded_at": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "settings": {"kernel": opts.kernel_name, "cell_timeout_s": opts.cell_timeout,
                      "notebook_timeout_s": opts.notebook_timeout, "reference_runs": opts.reference},
-        "isolation": {"network": isolation.network, "how": isolation.how},
+        "isolation": {"network": isolation.network, "how": how, "sandbox": isolation.jail},
         "nothing_to_grade": not labs, "ignored_notebooks": ignored, "labs": labs,
         "passed": sum(l["passed"] for l in labs), "total": sum(l["total"] for l in labs),
         "states": {st: sum(l.get("states", {}).get(st, 0) for l in labs) for st in STATES},
-        "learner_files_unchanged": before == after,
+        "learner_files_unchanged": not any(c.split(": ", 1)[1].startswith(mine_prefix) for c in every_change),
+        "repository_unchanged": not changes, "changed_files": changes, "flags": flags,
         "runtime_s": round(time.monotonic() - t0, 2)}
     if write:
-        _atomic_write(home / "grade.json", json.dumps(report, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
-        _atomic_write(home / "grade.md", render_markdown(report))
-        _atomic_write(home / "feedback.md", render_feedback(report))
+        write_private(home / "grade.json", json.dumps(report, indent=1, ensure_ascii=False, sort_keys=True) + "\n")
+        write_private(home / "grade.md", render_markdown(report))
+        write_private(home / "feedback.md", render_feedback(report))
     return report
 
 
@@ -352,12 +390,6 @@ def _progress(lab_ids: list[str], name: str, on: bool) -> Any:
     """A tqdm bar over the labs (stderr), so a long grading run does not look hung."""
     from tqdm.auto import tqdm
     return tqdm(lab_ids, desc=f"grading {name}", unit="lab", disable=not on, file=sys.stderr)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -378,7 +410,7 @@ def grade_all(root: str | os.PathLike[str] = ROOT, opts: GradeOptions | None = N
     memo: dict[str, Execution] = {}
     reports = [grade_learner(n, root, opts, memo, write) for n in learner_names(root)]
     if write and reports:
-        _atomic_write(Path(root) / "learners" / "gradebook.csv", gradebook_csv(reports))
+        write_private(Path(root) / "learners" / "gradebook.csv", gradebook_csv(reports))
     return reports
 
 
@@ -393,10 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
     p.add_argument("--no-reference", action="store_true", help="do not run the solution notebooks")
     p.add_argument("--no-network-isolation", action="store_true")
+    p.add_argument("--no-sandbox", action="store_true", help="do not confine the notebooks' file system")
     p.add_argument("--root", type=Path, default=ROOT, help="the course folder (default: this repository)")
     a = p.parse_args(argv)
     opts = GradeOptions(a.cell_timeout, a.notebook_timeout, a.kernel, not a.no_reference,
-                        not a.no_network_isolation)
+                        not a.no_network_isolation, not a.no_sandbox)
     t0 = time.monotonic()
     try:
         if a.all:
@@ -413,6 +446,9 @@ def main(argv: list[str] | None = None) -> int:
             r = grade_learner(a.learner.strip(), a.root, opts)
             print(summary_table([r]))
             print(f"wrote learners/{r['learner']}/grade.md (for you), feedback.md (for the learner) and grade.json")
+    except AlreadyGrading as exc:
+        print(exc)
+        return 3
     except ValueError as exc:
         print(exc)
         return 2

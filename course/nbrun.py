@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.monotonic()
                 entry: dict[str, Any] = {"index": index, "id": cell.get("id"),
                                          "first_line": _first_line(cell.source)}
+                status["current"] = entry    # if this process is killed, the grader knows where
+                save()
                 try:
                     client.execute_cell(cell, index)
                 except DeadKernelError:
@@ -118,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 entry["seconds"] = round(time.monotonic() - t0, 2)
                 entry["error"] = errors.get(index)
                 status["cells"].append(entry)
+                status["current"] = None
                 save()
             else:
                 status.update(status="completed", message="ran to the end")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import CHECKS_FILE_ENV, read_checks_file
+from .confinement import JAIL_FLAGS, describe, jail_command, jail_spec, probe_jail
 from .learner import PROFILE_ENV
 
 
@@ -30,21 +31,33 @@ class Isolation:
     prefix: list[str]   # command prefix for the worker, e.g. ["unshare", "-rn", ...]
     network: str        # "none" or "not restricted"
     how: str            # one line for the report
+    jail: bool = False  # a mount namespace too: course/jail.py can confine the file system
 
 
-_ISOLATION_CACHE: dict[bool, "Isolation"] = {}
+_ISOLATION_CACHE: dict[tuple[bool, bool], "Isolation"] = {}
 
 
-def detect_isolation(network: bool = True) -> Isolation:
+def detect_isolation(network: bool = True, confine: bool = False) -> Isolation:
     """The strongest isolation this machine allows: try ``unshare`` (Linux) with a new network
     namespace (and a PID namespace, so the kernel dies with its worker); probe that the network
-    really is gone. Falls back to no network isolation, and says so."""
+    really is gone. With ``confine``, first try a mount namespace as well (course/jail.py: the
+    file system read-only, the course's solutions and learners hidden, limits). Falls back step
+    by step, and says so."""
     if not network:
-        return Isolation([], "not restricted", "network isolation switched off (--no-network-isolation)")
-    if network in _ISOLATION_CACHE:
-        return _ISOLATION_CACHE[network]
-    result = Isolation([], "not restricted", "no network isolation: this is not Linux")
+        return Isolation([], "not restricted", "network isolation switched off (--no-network-isolation)"
+                         + ("; no sandbox (it needs the namespaces)" if confine else ""))
+    if (network, confine) in _ISOLATION_CACHE:
+        return _ISOLATION_CACHE[(network, confine)]
     unshare = shutil.which("unshare")
+    if confine:
+        why = probe_jail(unshare) if unshare and sys.platform.startswith("linux") else "not Linux with unshare"
+        plain = detect_isolation(network)
+        result = (Isolation([unshare, *JAIL_FLAGS], "none", "no network (Linux user, network, PID and mount "
+                            f"namespaces via `unshare {' '.join(JAIL_FLAGS)}`)", jail=True) if not why
+                  else Isolation(plain.prefix, plain.network, f"{plain.how}; no sandbox of the file system ({why})"))
+        _ISOLATION_CACHE[(network, confine)] = result
+        return result
+    result = Isolation([], "not restricted", "no network isolation: this is not Linux")
     if sys.platform.startswith("linux") and not unshare:
         result = Isolation([], "not restricted", "no network isolation: the `unshare` command is missing")
     elif sys.platform.startswith("linux"):
@@ -66,13 +79,13 @@ def detect_isolation(network: bool = True) -> Isolation:
         else:
             result = Isolation([], "not restricted",
                                f"no network isolation: `unshare` is not permitted here ({why})")
-    _ISOLATION_CACHE[network] = result
+    _ISOLATION_CACHE[(network, confine)] = result
     return result
 
 
 @dataclass
 class Execution:
-    status: str            # completed | kernel_died | notebook_timeout | killed | failed_to_start | unreadable
+    status: str   # completed | kernel_died | worker_died | notebook_timeout | killed | failed_to_start | unreadable
     message: str
     runtime_s: float
     cells: list[dict[str, Any]] = field(default_factory=list)    # per executed code cell
@@ -102,6 +115,8 @@ def _child_env(checks_file: Path, profile: str, scratch: Path) -> dict[str, str]
         "IPYTHONDIR": str(scratch / "ipython"),     # no learner/instructor IPython startup files
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
+        # inside the sandbox the home folder is read-only: Jupyter and matplotlib write here instead
+        "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"), "MPLCONFIGDIR": str(scratch / "mpl"),
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
     })
     return env
@@ -110,16 +125,23 @@ def _child_env(checks_file: Path, profile: str, scratch: Path) -> dict[str, str]
 def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str] | None = None,
                      cell_timeout: float = 300, notebook_timeout: float = 900,
                      kernel_name: str = "python3", profile: str = "",
-                     isolation: Isolation | None = None) -> Execution:
+                     isolation: Isolation | None = None, confine: list[Path] | None = None) -> Execution:
     """Execute the notebook at ``path`` (a copy: its outputs are not written back) in a fresh
     kernel run by a worker subprocess; every failure becomes an Execution status, never an
-    exception. ``cwd`` defaults to the notebook's folder; ``profile`` sets $MINIGPT_PROFILE."""
+    exception. ``cwd`` defaults to the notebook's folder; ``profile`` sets $MINIGPT_PROFILE.
+    ``confine``: the course folders whose solutions/, learners/, ... the run must not see, used
+    when ``isolation`` has a mount namespace (detect_isolation(confine=True))."""
     path = Path(path).resolve()
     cwd = Path(cwd).resolve() if cwd is not None else path.parent
     isolation = isolation if isolation is not None else detect_isolation()
     scratch = Path(tempfile.mkdtemp(prefix="minigpt-run-"))
     checks_file, status_file = scratch / "checks.jsonl", scratch / "status.json"
-    cmd = [*isolation.prefix, sys.executable, "-I", str(Path(__file__).with_name("nbrun.py")), str(path),
+    how, jail = isolation.how, []
+    if isolation.jail and confine is not None:
+        keep = [scratch, cwd, path.parent] + ([Path(profile).resolve().parent] if profile else [])
+        spec = jail_spec(confine, keep, notebook_timeout)
+        how, jail = f"{how}; sandbox: {describe(spec)}", jail_command(spec)
+    cmd = [*isolation.prefix, *jail, sys.executable, "-I", str(Path(__file__).with_name("nbrun.py")), str(path),
            "--cwd", str(cwd), "--scratch", str(scratch), "--kernel", kernel_name,
            "--cell-timeout", str(cell_timeout), "--notebook-timeout", str(notebook_timeout)]
     start = time.monotonic()
@@ -138,20 +160,38 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
     except (OSError, json.JSONDecodeError):
         status = {}
     kernel_pid = status.get("kernel_pid")
-    if killed and kernel_pid and "--pid" not in isolation.prefix:
-        # the worker was killed before it could stop its kernel (which runs in its own session);
-        # inside a PID namespace the kernel already died with the worker, and its pid means nothing here
+    # the worker died mid-notebook (killed by the notebook it ran, or out of memory)
+    worker_died = not killed and status.get("status") == "running" and kernel_pid is not None
+    if (killed or worker_died) and kernel_pid and "--pid" not in isolation.prefix:
+        # the worker could not stop its kernel (which runs in its own session); inside a PID
+        # namespace the kernel already died with the worker, and its pid means nothing here
         _kill_group(kernel_pid)
     records = read_checks_file(checks_file)
     shutil.rmtree(scratch, ignore_errors=True)
     if killed:
         st, msg = "killed", f"the notebook did not finish within {notebook_timeout:g} s and was stopped"
+    elif worker_died:
+        # Nothing of this run is trusted: the checks it recorded count for nothing.
+        records = [r for r in records if r.get("kind") != "check"]
+        st, msg = "worker_died", _worker_death(proc.returncode, status.get("current"))
     elif not status or status.get("status") == "running":
         tail = " / ".join(output.decode(errors="replace").strip().splitlines()[-3:])
         st, msg = "failed_to_start", f"the grading worker failed (exit code {proc.returncode}): {tail}"
     else:
         st, msg = status["status"], status.get("message", "")
-    return Execution(st, msg, round(runtime, 2), status.get("cells", []), records, isolation.how)
+    return Execution(st, msg, round(runtime, 2), status.get("cells", []), records, how)
+
+
+def _worker_death(returncode: int | None, cell: dict[str, Any] | None) -> str:
+    how = f"exited with code {returncode}"
+    if returncode is not None and returncode < 0:
+        try:
+            how = f"was killed by signal {signal.Signals(-returncode).name}"
+        except ValueError:
+            how = f"was killed by signal {-returncode}"
+    where = (f" while running cell {cell['index'] + 1} (`{cell.get('first_line', '')}`)" if cell else "")
+    return (f"the grading worker {how}{where}, so nothing this run recorded counts (a notebook that kills "
+            f"its grader, or one that ran out of memory)")
 
 
 def _kill_group(pid: int) -> None:

@@ -38,3 +38,28 @@ def describe_device(device: torch.device | str | None = None) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         why += "; the Apple GPU (MPS) is treated as CPU for measurements"
     return f"Device: CPU ({why}; memory is tracked by minigpt.memory, not measured on a GPU)"
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or one sentence saying why it cannot be used here.
+
+    Without this, a misspelt name or a GPU that is not there surfaces from deep inside the
+    model's constructor as a raw RuntimeError/AssertionError about CUDA builds.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a device name; use 'cpu', 'cuda', 'cuda:0' or 'meta'.") from None
+    if dev.type == "cuda":
+        if not cuda_available():
+            raise RuntimeError(f"device {device!r} asks for a CUDA GPU but PyTorch sees none; use device='cpu' "
+                               f"(or minigpt.device.get_device(), which picks what is there).")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {device!r} asks for GPU {dev.index} but PyTorch sees "
+                               f"{torch.cuda.device_count()}; use an index below that.")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+            raise RuntimeError(f"device {device!r} asks for the Apple GPU but PyTorch sees none; use device='cpu'.")
+    elif dev.type not in ("cpu", "meta"):
+        raise ValueError(f"device {device!r} is not one the course supports; use 'cpu', 'cuda' or 'meta'.")
+    return dev

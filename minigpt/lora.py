@@ -57,8 +57,18 @@ def _check_r_alpha(r, alpha, dropout: float = 0.0) -> None:
         raise ValueError(f"LoRA rank r must be a positive integer, got {r!r}.")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
         raise ValueError(f"LoRA alpha must be a positive number (scaling = alpha / r), got {alpha!r}.")
-    if not 0.0 <= dropout < 1.0:
+    if not math.isfinite(alpha):   # inf passes `alpha > 0`, then trains to NaN without a word
+        raise ValueError(f"LoRA alpha must be finite (scaling = alpha / r), got {alpha!r}; use a value such as 2 * r.")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
         raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout!r}.")
+
+
+def _check_adapter_dtype(adapter_dtype) -> None:
+    # A and B are trained, and autograd only trains floating-point tensors
+    if adapter_dtype is not None and not (isinstance(adapter_dtype, torch.dtype)
+                                          and adapter_dtype.is_floating_point):
+        raise ValueError(f"adapter_dtype must be a floating-point dtype (torch.float32, torch.bfloat16, "
+                         f"torch.float16) or None for the base layer's dtype, got {adapter_dtype!r}.")
 
 
 def _check_rank_fits(r: int, in_features: int, out_features: int, name: str) -> None:
@@ -94,6 +104,7 @@ class LoRALinear(nn.Module):
                  adapter_dtype: Optional[torch.dtype] = torch.float32, name: str = "base"):
         super().__init__()
         _check_r_alpha(r, alpha, dropout)
+        _check_adapter_dtype(adapter_dtype)
         fin, fout = getattr(base, "in_features", None), getattr(base, "out_features", None)
         if not (isinstance(fin, int) and isinstance(fout, int)):
             raise TypeError(f"LoRALinear needs a base layer with integer in_features and out_features; "
@@ -245,6 +256,10 @@ def select_targets(linears: Sequence[tuple[str, int, int]], targets: Targets,
                              "layer and the trainable modules.")
         return chosen
     keys = _as_tuple(targets, "targets")
+    if not keys:     # an empty list would adapt nothing, and training would then change nothing
+        raise ValueError(f"targets is empty, so no layer would get an adapter; name layers such as "
+                         f"('q_proj', 'v_proj') or use targets='all-linear' (the model's linear layers are "
+                         f"named: {_short_names(names)}).")
     for key in keys:
         if not any(_matches(n, key) for n in candidates):
             if any(_matches(n, key) for n in names):
@@ -283,6 +298,7 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float = 0.0,
     Nothing is changed when an argument is wrong.
     """
     _check_r_alpha(r, alpha, dropout)
+    _check_adapter_dtype(adapter_dtype)
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("This model already has LoRA layers; apply_lora to a fresh copy of the base model.")
     trainable = _as_tuple(trainable, "trainable")
@@ -298,11 +314,19 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float = 0.0,
     for name in chosen:                            # check every layer before changing any
         _check_rank_fits(r, *shapes[name], name)
 
+    # Build every adapter before swapping any in; LoRALinear freezes its base, so if one fails
+    # (out of memory, a base on the meta device) the flags are put back and the model is as it was.
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        wrappers = [LoRALinear(modules[name], r, alpha, dropout, adapter_dtype, name=name) for name in chosen]
+    except BaseException:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        raise
     model.requires_grad_(False)
-    for name in chosen:
+    for name, wrapper in zip(chosen, wrappers):
         parent_name, _, child = name.rpartition(".")
-        parent = modules[parent_name] if parent_name else model
-        setattr(parent, child, LoRALinear(modules[name], r, alpha, dropout, adapter_dtype, name=name))
+        setattr(modules[parent_name] if parent_name else model, child, wrapper)
     for name, module in model.named_modules():
         if any(_matches(name, k) for k in trainable):
             module.requires_grad_(True)

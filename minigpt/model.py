@@ -27,6 +27,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from .device import check_device
+
 # Number of characters in the Shakespeare vocabulary (minigpt.data.SHAKESPEARE_CHARS);
 # a test checks that the two agree.
 SHAKESPEARE_VOCAB = 79
@@ -374,5 +376,5 @@ def from_preset(name: str, device: str | torch.device = "cpu", **overrides) -> G
     true shape and dtype but no storage, which is all the memory math needs.
     """
     cfg = preset_config(name, **overrides)
-    with torch.device(device):
+    with torch.device(check_device(device)):
         return GPT(cfg)

@@ -258,6 +258,28 @@ def _quantize_scales(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     return codes.to(torch.uint8), offset, scale
 
 
+def _is_concrete(t: torch.Tensor) -> bool:
+    """False for meta and fake tensors (the memory tools), whose values cannot be read."""
+    from torch._subclasses.fake_tensor import is_fake
+    return t.device.type != "meta" and not is_fake(t)
+
+
+def _check_finite(x: torch.Tensor, absmax: torch.Tensor, shape: torch.Size, blocksize: int) -> None:
+    """Refuse NaN and inf. A non-finite value makes its block's absmax NaN/inf; with double
+    quantisation the mean of the scales then is too, and every weight of the tensor decodes to
+    NaN (bitsandbytes 0.50 on the CPU does exactly that; without double quantisation it spoils
+    the one block). Both are silent, so we raise instead. Checking the absmax (one value per
+    block) is cheaper than checking every weight."""
+    if not _is_concrete(absmax) or bool(torch.isfinite(absmax).all()):
+        return
+    bad = (~torch.isfinite(x)).nonzero()
+    first = tuple(int(i) for i in torch.unravel_index(bad[0, 0], shape)) if len(bad) else "?"
+    raise ValueError(f"quantize_nf4 got {len(bad)} NaN or inf value(s) in a tensor of shape {tuple(shape)} "
+                     f"(the first at index {first}), which would make its block of {blocksize} (or, with "
+                     f"double quantisation, the whole tensor) NaN; find where they come from and fix them "
+                     f"(e.g. torch.nan_to_num) before quantising.")
+
+
 # --------------------------------------------------------------------------- (de)quantise
 def quantize_nf4(w: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant: bool = False) -> NF4Tensor:
     """Quantise a float tensor of any shape to NF4 in blocks of ``blocksize`` values.
@@ -280,6 +302,7 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant: bool
     #    reciprocal of their absmax but divides the short last block by it; the two can differ
     #    in the last bit, which can move a value across a midpoint, so we do the same.
     absmax = _blockwise_absmax(x, blocksize)                                   # (n_blocks,)
+    _check_finite(x, absmax, w.shape, blocksize)
     safe = absmax.clamp(min=_TINY)                         # an all-zero block scales to zeros
     scaled = (x[:full].view(-1, blocksize) * (1.0 / safe[:full // blocksize, None])).view(-1)
     if full < n:

@@ -22,8 +22,12 @@ Precision (``precision=``):
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import pickle
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +36,7 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn as nn
 
+from .device import check_device
 from .model import GPT, GPTClassifier, GPTConfig
 from .paths import CHECKPOINTS
 from .precision import TRAINABLE, compute_dtype
@@ -294,8 +299,50 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: GPTConfig | dict
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"format": CHECKPOINT_FORMAT, "arch": arch, "n_classes": n_classes,
-                "config": cfg, "model": state, "extra": extra}, path)
+                "config": cfg, "model": state, "extra": extra, "digest": checkpoint_digest(state, cfg)}, path)
     return path
+
+
+def checkpoint_digest(state: dict[str, torch.Tensor], config: dict) -> str:
+    """sha256 over the config and every tensor's name, dtype, shape and bytes, in key order.
+
+    torch.save's zip container has no checksum that torch.load checks, so a flipped bit in a
+    weight would otherwise load silently as a slightly different model.
+    """
+    h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+# what torch.load and the dict lookups raise on a cut-off or garbled file
+_DAMAGED = (RuntimeError, EOFError, IndexError, KeyError, TypeError, ValueError, AttributeError,
+            pickle.UnpicklingError, zipfile.BadZipFile, OSError)
+
+
+def _read_checkpoint(path: Path) -> dict:
+    """The checkpoint's dict (tensors on the CPU, where the digest is computed), or one
+    sentence if the file is truncated or garbled."""
+    path.open("rb").close()      # a permission problem is raised as itself, not as "damaged"
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except _DAMAGED as e:
+        raise ValueError(f"{path} is truncated or damaged and cannot be read ({type(e).__name__}); "
+                         f"copy it again or re-create it with save_checkpoint.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a minigpt checkpoint (written by minigpt.train.save_checkpoint).")
+    missing = [k for k in ("arch", "config", "model", "extra") if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}, so it is damaged; copy it again or re-create it "
+                         f"with save_checkpoint.")
+    # Checkpoints written before the digest existed (the shipped one) have none and still load.
+    digest = ckpt.get("digest")
+    if digest is not None and digest != checkpoint_digest(ckpt["model"], ckpt["config"]):
+        raise ValueError(f"{path} does not match the digest stored when it was saved, so its bytes have "
+                         f"changed since; copy it again or re-create it with save_checkpoint.")
+    return ckpt
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -304,9 +351,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No checkpoint at {path}.")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a minigpt checkpoint (written by minigpt.train.save_checkpoint).")
+    device = check_device(device)
+    ckpt = _read_checkpoint(path)
     cfg = GPTConfig(**ckpt["config"])
     with torch.device(device):
         model: nn.Module = GPT(cfg)

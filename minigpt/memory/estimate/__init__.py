@@ -261,6 +261,13 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         notes.append(f"FSDP2 on rank {rank_index} of {gpus}: padded dim-0 shards; in backward one block "
                      "gathered, the next block's all-gather buffer and a reduce-scatter buffer beside it "
                      "(collective buffers are counted in temporaries).")
+    else:
+        notes.append(f"DDP on rank {rank_index} of {gpus}: the gradients are its all-reduce buckets, alive the "
+                     "whole step" + (" (ZeroRedundancyOptimizer: this rank's whole parameters' state)."
+                                     if zero == 1 else "."))
+    if sharding != "flat" and method != "full":
+        notes.append(f"sharding={sharding!r} was measured on CPU ranks for full fine-tuning only "
+                     "(tests/memory/test_distributed.py); with adapters it follows the same rules, unmeasured.")
     peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
                         opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
                         extra_copies=gather, fsdp=plan, ddp_buckets=sharding == "ddp")

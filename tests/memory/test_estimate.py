@@ -258,3 +258,10 @@ def test_minigpt_block_formulas_in_the_docstring(precision):
     block = E.forward_walk(ctx).blocks[1]
     nd, nf = (32, 8) if precision == "fp32" else (24, 4)
     assert block == nd * N * d + nf * N * f + 16 * N + 4 * B * H * T
+
+
+def test_absurd_alpha_and_a_sequence_beyond_the_trained_positions_get_one_sentence():
+    with pytest.raises(EstimateError, match="alpha must be a positive number"):
+        estimate("tiny", method="lora", alpha=float("inf"), seq=32)
+    with pytest.raises(EstimateError, match=r"longer than llama-7b's 2048 positions; use seq <= 2048 \(or a config with rope_scaling\)"):
+        estimate("llama-7b", method="lora", seq=1_000_000)

@@ -139,7 +139,13 @@ def _max_seq(spec: ModelSpec) -> Optional[int]:
         return spec.positions - 2        # positions start after the padding index (1)
     if spec.family == "bert":
         return spec.positions
-    return None                           # rotary: no table to run out of
+    # rotary: no table to run out of, but the model was trained up to max_position_embeddings;
+    # beyond it only with RoPE scaling configured
+    cfg = getattr(spec, "config", None)
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if cfg is None or rope.get("rope_type", "default") != "default":   # (transformers 5: "default" = unscaled)
+        return None
+    return getattr(cfg, "max_position_embeddings", None)
 
 
 def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int = 8, alpha: float = 16.0,
@@ -187,7 +193,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     batch, seq, gpus = _positive_int("batch", batch), _positive_int("seq", seq), _positive_int("gpus", gpus)
     if method != "full":
         _positive_int("rank", rank)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
             raise EstimateError(f"alpha must be a positive number (LoRA scale = alpha / rank), got {alpha!r}.")
     if double_quant and method != "qlora":
         raise EstimateError("double_quant applies to method='qlora' only; drop it or use method='qlora'.")
@@ -225,7 +231,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                                 "attn_dropout": float(dropout)})
     limit = _max_seq(spec)
     if limit is not None and seq > limit:
-        raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}.")
+        raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}"
+                          + (" (or a config with rope_scaling)." if spec.family == "llama" else "."))
     tg = resolve_targets(spec, targets) if method != "full" else ()
     states = model_states(spec, method, precision, optimizer, rank, tg, double_quant, semantics, head_trainable)
     shapes = {n: (i, o) for n, i, o, _ in linear_layers(spec)}

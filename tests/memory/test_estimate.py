@@ -261,7 +261,7 @@ def test_minigpt_block_formulas_in_the_docstring(precision):
 
 
 def test_absurd_alpha_and_a_sequence_beyond_the_trained_positions_get_one_sentence():
-    with pytest.raises(EstimateError, match="alpha must be a positive number"):
-        estimate("tiny", method="lora", alpha=float("inf"), seq=32)
-    with pytest.raises(EstimateError, match=r"longer than llama-7b's 2048 positions; use seq <= 2048 \(or a config with rope_scaling\)"):
-        estimate("llama-7b", method="lora", seq=1_000_000)
+    with pytest.raises(E.EstimateError, match="alpha must be a positive number"):
+        E.estimate("tiny", method="lora", alpha=float("inf"), seq=32)
+    with pytest.raises(E.EstimateError, match=r"longer than llama-7b's 2048 positions; use seq <= 2048 \(or a config"):
+        E.estimate("llama-7b", method="lora", seq=1_000_000)

@@ -118,3 +118,9 @@ def test_the_cli_predicts_one_rank_and_refuses_sharding_for_a_single_process(cap
     with pytest.raises(SystemExit):
         main(["measure", "--model", "tiny", "--sharding", "fsdp2", "--zero", "3", "--gpus", "2"])
     assert "python -m minigpt.memory.distributed" in capsys.readouterr().err
+
+
+def test_the_time_limit_kills_every_rank(gloo):
+    with pytest.raises(ShardedRunError, match="limit") as err:
+        run_sharded("tiny", "fsdp2", world=2, batch=BATCH, seq=SEQ, timeout=1.0)
+    assert len(err.value.pids) == 2 and not any(_alive(p) for p in err.value.pids)

@@ -319,3 +319,20 @@ def test_cache_entries_that_are_links_or_for_another_key_are_not_used(tmp_path):
     assert read_cached(tmp_path / "absent.json", "k" * 64) == (None, "")
     (tmp_path / "link.json").symlink_to(entry)
     assert read_cached(tmp_path / "link.json", "k" * 64) == (None, "link.json is a link, ignored and recomputed")
+
+
+def test_a_fork_bomb_stops_at_the_process_limit_or_the_report_says_there_is_none(course):
+    """Part 2's process count: a pids cgroup caps the run's tasks (course/pids_limit.py); where no
+    pids cgroup is writable, grade.md says the count was not limited."""
+    root, outside = course
+    splice(root, "forker", "fork-bomb")
+    report = grading.grade_learner("forker", root, options(root))
+    assert_no_marks_from_lab1_and_lab2_graded(report)
+    how = report["isolation"]["how"]
+    if not sandboxed() or "process count not limited" in how:
+        assert "process count not limited" in how or "no sandbox" in how
+        return
+    assert "at most 512 processes and threads (pids cgroup)" in how
+    forked = [int(e["evalue"].split()[-1]) for e in lab(report, "01")["errors"] if "FORKED" in e["evalue"]]
+    assert forked and forked[0] < 512, forked
+    assert outside.read_text() == "untouched\n"

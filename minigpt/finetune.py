@@ -73,15 +73,20 @@ def peft_config(lora: LoRASettings = LORA):
 
 
 def _bnb_4bit(model: nn.Module, skip: Sequence[str] = (HEAD,)) -> nn.Module:
-    """Every nn.Linear outside ``skip`` replaced by bitsandbytes' Linear4bit (NF4, fp32 compute)."""
+    """Every nn.Linear outside ``skip`` replaced by bitsandbytes' Linear4bit (NF4, fp32 compute).
+
+    ``compress_statistics=False`` on both: bitsandbytes' default is True (double quantisation of the
+    scales), which would not be the same base as ``quantize_model``'s (float32 absmax per block of 64).
+    """
     _quiet_libraries()
     import bitsandbytes as bnb
     linears = [(n, m) for n, m in model.named_modules()
                if isinstance(m, nn.Linear) and not set(n.split(".")) & set(skip)]
     for name, lin in linears:
         q4 = bnb.nn.Linear4bit(lin.in_features, lin.out_features, bias=lin.bias is not None,
-                               compute_dtype=torch.float32, quant_type="nf4")
-        q4.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type="nf4")
+                               compute_dtype=torch.float32, quant_type="nf4", compress_statistics=False)
+        q4.weight = bnb.nn.Params4bit(lin.weight.data.clone(), requires_grad=False, quant_type="nf4",
+                                      compress_statistics=False)
         if lin.bias is not None:
             q4.bias = nn.Parameter(lin.bias.data.clone(), requires_grad=False)
         parent, _, child = name.rpartition(".")

@@ -20,6 +20,7 @@ from minigpt.finetune import (LORA, build_classifier, copy_adapters, load_peft_a
                               save_peft_adapter)
 from minigpt.hf_data import review_loader, reviews_dataset, tokenize  # noqa: E402
 from minigpt.lora import lora_layers, lora_parameter_count, trainable_parameters  # noqa: E402
+from minigpt.nf4 import NF4Linear  # noqa: E402
 from minigpt.paths import ROOT  # noqa: E402
 from minigpt.repro import set_seed  # noqa: E402
 from tests.core.test_data import card_numbers  # noqa: E402
@@ -163,3 +164,33 @@ def test_a_small_lora_run_beats_the_majority_baseline(tokenizer, train_small):
     train_classifier(model, review_loader(train_small, tokenizer, 8, shuffle=True, seed=0), lr=5e-3, progress=False)
     acc = accuracy(model, review_loader(tokenize(reviews_dataset("test", n=256), tokenizer), tokenizer, 64))
     assert acc > majority_baseline(test) + 0.06, (acc, majority_baseline(test))
+
+
+def test_qlora_with_minigpt_nf4_matches_bitsandbytes_and_peft_on_minilm(tokenizer, train_small):
+    """The same NF4 base (bit-identical codes and float32 scales: bitsandbytes' default would
+    double-quantise them) and the same A and B (B nonzero, so that the adapters take part) give the
+    same loss. Tolerance as in tests/core/test_qlora.py: bit-identical with the pinned versions,
+    rtol 1e-6 for another CPU's summation order; double-quantised scales alone move it by ~3e-4."""
+    pytest.importorskip("bitsandbytes")
+    set_seed(0)
+    ours, theirs = build_classifier("qlora"), build_classifier("qlora-bnb")
+    assert trainable_parameters(ours)[0] == theirs.get_nb_trainable_parameters()[0] == 74_498
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for layer in lora_layers(ours).values():
+            layer.B.copy_(torch.randn(layer.B.shape, generator=g) * 0.02)
+    copy_adapters(ours, theirs)
+    batch = next(iter(review_loader(train_small, tokenizer, batch_size=8)))
+    inner = theirs.base_model.model
+    nf4 = {n: m for n, m in ours.named_modules() if isinstance(m, NF4Linear)}
+    assert len(nf4) == 6 * ours.config.num_hidden_layers
+    for name, layer in nf4.items():
+        twin = inner.get_submodule(name.removesuffix(".base"))
+        twin = getattr(twin, "base_layer", twin)
+        assert torch.equal(twin.weight.data.view(-1), layer.packed)
+        assert torch.equal(twin.weight.quant_state.absmax, layer.absmax)
+    losses = []
+    for model in (ours, theirs):
+        set_seed(1)        # the same dropout masks in both
+        losses.append(model.train()(**batch).loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=0)

@@ -170,6 +170,23 @@ def write(results: dict, stem: Path) -> None:
             w.writerow([round(v, 4) if isinstance(v, float) else v for v in (flat.get(c) for c in cols)])
 
 
+def table(results: dict) -> str:
+    """The measured table as Markdown (sizes in MiB, 1 MiB = 2**20 bytes)."""
+    b = results["baseline"]
+    mib = 2 ** 20
+    lines = [f"test split: {b['test_reviews']} reviews; majority baseline {100 * b['majority']:.1f}%, "
+             f"untrained model {100 * b['untrained']:.1f}%",
+             "", "| method | test accuracy | trainable params | train time (s) | s/step | "
+             + " | ".join(BUCKETS) + " | peak (MiB) | estimated peak (MiB) | estimate error |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(BUCKETS) + "---:|---:|---:|"]
+    for method, r in results["methods"].items():
+        m = r["memory"]
+        lines.append(f"| {method} | {100 * r['accuracy']:.1f}% | {r['trainable_params']:,} | {r['train_seconds']:.0f} | "
+                     f"{r['seconds_per_step']:.2f} | " + " | ".join(f"{m[k] / mib:.1f}" for k in BUCKETS)
+                     + f" | {m['peak'] / mib:.1f} | {m['estimated_peak'] / mib:.1f} | {100 * m['estimate_error']:+.1f}% |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--train", type=int, default=2000, help="training reviews (the first n of the train split)")
@@ -179,7 +196,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--out", type=Path, default=RESULTS / "minilm", help="results stem (.json and .csv)")
+    p.add_argument("--show", action="store_true", help="print the table of the stored results and exit")
     args = p.parse_args()
+    if args.show:
+        print(table(json.loads(args.out.with_suffix(".json").read_text())))
+        return
     started = datetime.datetime.now(datetime.timezone.utc)
     results = {"command": " ".join(["python", *sys.argv]), "date_utc": started.isoformat(timespec="seconds"),
                "machine": machine(), "versions": versions()}
@@ -188,6 +209,7 @@ def main() -> None:
     results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["targets"] = targets(results)
     write(results, args.out)
+    print(table(results))
     print(json.dumps(results["targets"]), f"-> {args.out.with_suffix('.json')}")
 
 

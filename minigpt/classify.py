@@ -55,6 +55,7 @@ class TrainResult:
 
 
 def trainable(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimizer updates (requires_grad=True)."""
     return [p for p in model.parameters() if p.requires_grad]
 
 

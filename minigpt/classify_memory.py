@@ -11,11 +11,14 @@ close relative of the measured model, and the difference is part of its error.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .finetune import LORA, LoRASettings, build_classifier
 from .hf_data import MAX_LENGTH, review_loader
 from .memory import MemoryReport, measure_step
+
+if TYPE_CHECKING:
+    from .memory.estimate import Estimate
 
 # The estimator's names for the methods: peft and bitsandbytes hold the same bytes as ours
 _ESTIMATOR_METHOD = {"full": "full", "lora": "lora", "peft-lora": "lora", "qlora": "qlora", "qlora-bnb": "qlora"}
@@ -27,7 +30,7 @@ def step_memory(method: str, batch: dict, seed: int = 0) -> MemoryReport:
     return measure_step(lambda: build_classifier(method, seed), dict(batch))
 
 
-def estimated_memory(method: str, batch_size: int, seq: int, lora: LoRASettings = LORA):
+def estimated_memory(method: str, batch_size: int, seq: int, lora: LoRASettings = LORA) -> "Estimate":
     """The estimator's prediction for the same step (CPU semantics, fp32, AdamW, the model's dropout)."""
     from .encoder import load_encoder
     from .memory.estimate import estimate
@@ -56,7 +59,7 @@ def padding_memory(tokenizer, ds, batch_size: int = 16, fixed: int = MAX_LENGTH,
     return out
 
 
-def bucket_row(report: MemoryReport, estimate: Optional[object] = None) -> dict:
+def bucket_row(report: MemoryReport, estimate: Optional["Estimate"] = None) -> dict:
     """The buckets at the peak (integer bytes) and the peak; with an estimate, its peak and error."""
     row = dict(report.buckets)
     row["peak"] = report.peak

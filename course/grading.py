@@ -38,6 +38,7 @@ from typing import Any
 from .grade_files import GRADER_FILES  # noqa: F401  (re-exported: what grading writes, for the tests)
 from .grade_files import (AlreadyGrading, file_lock, learner_lock, read_cached, shorten, source_digest,
                           tree_changes, tree_digest, write_cached, write_private)
+from . import marks as mk
 from .grade_report import MARKS, gradebook_csv, render_feedback, render_markdown, summary_table
 from .notebooks import (ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, exercise_cells_of_checks,
                         lab_id_of)
@@ -233,14 +234,25 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     solution_nb = _read_nb(sol_path) if sol_path else None
     lab_nb = _read_nb(lab_path) if lab_path else None
 
-    def finish(checks_by_name: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
-        # the solution run's checks, then the lab's (so a run that recorded nothing, without a
-        # solution run, still lists them), then any the learner's notebook added
+    plan = mk.plan(sol_path)
+
+    def finish(checks_by_name: dict[str, dict[str, Any]], records: list[dict[str, Any]],
+               decided: dict[str, Any] | None = None) -> dict[str, Any]:
+        # the solution run's checks, then the lab's and the probed ones (so a run that recorded
+        # nothing, without a solution run, still lists them), then any the learner's notebook added
         lab_names = list(exercise_cells_of_checks(lab_nb)) if lab_nb is not None else []
-        names = list(dict.fromkeys([*ref_checks, *lab_names, *checks_by_name]))
+        own = [*ref_checks, *lab_names, *(plan.probes if plan else [])]
+        names = list(dict.fromkeys([*own, *checks_by_name]))
+        decided = decided or {"verdicts": {}, "notes": {}, "flags": [], "forged": set(), "probe": None}
+        report["probe"] = decided["probe"]
+        flags.extend(decided["flags"])
         for name in names:
             mine, ref = checks_by_name.get(name), ref_checks.get(name)
-            state = _state_of(mine, name in untouched)
+            verdict = decided["verdicts"].get(name)
+            state, flag = mk.combine(lab_id, name, _state_of(mine, name in untouched), verdict)
+            if flag:
+                flags.append(flag)
+            counted = name in own and name not in decided["forged"]
             if mine is not None and state == "wrong" and mine.get("state") == "not_attempted":
                 mine = {**mine, "message": "your exercise cell was edited but raised an error before defining "
                                            "what this check uses (see the cells that raised an error)"}
@@ -253,10 +265,15 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                 "got": mine.get("got") if mine else None, "expected": mine.get("expected") if mine else None,
                 "values": mine.get("values", {}) if mine else {},
                 "reference": None if ref is None else {"passed": ref["passed"], "got": ref.get("got"),
-                                                       "values": ref.get("values", {})}})
-        report["passed"] = sum(c["state"] == "passed" for c in report["checks"])
-        report["states"] = {st: sum(c["state"] == st for c in report["checks"]) for st in STATES}
-        report["total"] = len(report["checks"])
+                                                       "values": ref.get("values", {})},
+                "decided": verdict["decided"] if verdict else "notebook",
+                "grader": verdict["why"] if verdict else ("no probe: not a check of the lab" if not counted
+                                                          else "no probe for this check"),
+                "notes": decided["notes"].get(name, []), "counted": counted})
+        counted_checks = [c for c in report["checks"] if c["counted"]]
+        report["passed"] = sum(c["state"] == "passed" for c in counted_checks)
+        report["states"] = {st: sum(c["state"] == st for c in counted_checks) for st in STATES}
+        report["total"] = len(counted_checks)
         report["hints_asked"] = sorted({r["name"] for r in records if r.get("kind") == "hint"})
         return report
 
@@ -287,7 +304,7 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                               notebook_timeout=opts.notebook_timeout, kernel_name=opts.kernel_name,
                               profile=str(profile) if profile.is_file() else "",
                               isolation=detect_isolation(opts.network_isolation, opts.sandbox),
-                              confine=_confined_roots(root))
+                              confine=_confined_roots(root), probe=plan.cell if plan and plan.probes else None)
     exercise_ids = {c.get("id") for c in (lab_nb or {}).get("cells", []) if cell_role(c) == "exercise"}
     cells = (learner_nb or {}).get("cells", [])
     for entry in ex.cells:
@@ -306,7 +323,9 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     report["fallbacks"] = sorted({r["name"] for r in ex.records if r.get("kind") == "fallback"})
     report.update(status=ex.status, message=ex.message, runtime_s=ex.runtime_s,
                   hardware=_hardware(ex), isolation=ex.isolation)
-    return finish(ex.checks(), ex.records)
+    decided = mk.decide(plan, lab_id, solution_nb, learner_nb, ex.probe, ex.records, ex.cells,
+                        ran=ex.status not in ("unreadable", "failed_to_start", "worker_died")) if plan else None
+    return finish(ex.checks(), ex.records, decided)
 
 
 def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOptions | None = None,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import checks as _checks  # noqa: F401  (loaded here: the grader's copy to compare the kernel's with)
 from . import probe_kernel as pk
 from . import probes as pr
 from .notebooks import CHECK_CALL_RE, cell_source

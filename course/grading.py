@@ -14,7 +14,13 @@ the report says which of these were enforced. The kernel writes its check record
 fails in any way (syntax error, exception, endless loop, dead kernel, unreadable file) is
 reported as such and grading goes on. The learner's files are never written to.
 
-The reference values come from running each solution notebook once per grading run, with the
+The marks come from the grader, not from the notebook: once a notebook's cells have run, the
+same kernel evaluates the learner's exercise objects on inputs drawn from a seed chosen now, and
+the grader compares them with the solution's code run in this process (course/probes.py,
+course/marks.py); a check passes only when the notebook's check and the grader agree, and
+tampering (a replaced ``checks.check``, forged records, a package object as an answer) is flagged.
+
+The solution-run column comes from running each solution notebook once per grading run, with the
 same machinery; the result is cached in ``.cache/grading/`` under a hash of the solution and of
 the course's and the package's source, so it is recomputed whenever either changes, and verified
 when read. Reports, the cache, the locks and the repository-tree digest: course/grade_files.py.

@@ -62,7 +62,7 @@ def _tamper_flags(lab: str, answer: dict[str, Any]) -> list[str]:
 def _record_flags(lab: str, records: list[dict[str, Any]], learner_nb: dict[str, Any] | None,
                   cells_run: list[dict[str, Any]]) -> tuple[list[str], set[str]]:
     """Records no check cell of the notebook made (forged): names it does not contain, or more
-    records of a check than times its cells ran. Returns the flags and the forged names."""
+    records of a check than times its cells ran. Returns the flags and the names no cell checks."""
     cells = (learner_nb or {}).get("cells", [])
     in_text = {n for c in cells if c.get("cell_type") == "code" for n in CHECK_CALL_RE.findall(cell_source(c))}
     ran: Counter[str] = Counter()
@@ -79,8 +79,7 @@ def _record_flags(lab: str, records: list[dict[str, Any]], learner_nb: dict[str,
                      f"notebook checks (forged records; not counted)")
     extra = sorted(f"{n} ({made[n]} records, its cells ran {ran[n]} time(s))" for n in made
                    if n in in_text and made[n] > ran[n])
-    if extra:
-        forged |= {n for n in made if n in in_text and made[n] > ran[n]}
+    if extra:     # still the lab's checks: counted, and decided by the grader's probe
         flags.append(f"lab {lab}: more check records than check cells ran: {'; '.join(extra)} "
                      f"(records written around the checks)")
     return flags, forged

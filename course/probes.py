@@ -155,9 +155,10 @@ def verdict(p: Probe, mine: dict[str, Any] | None, ref: dict[str, Any] | None,
             return {"decided": "grader", "passed": False,
                     "why": f"raised {got['error']} on the grader's input {_short(inputs[i], 80)}"}
         if not _same(got.get("value"), want["value"], p):
+            where = f"on the grader's input {_short(inputs[i], 80)}: got" if inputs[i] else "the value is"
             return {"decided": "grader", "passed": False,
-                    "why": f"on the grader's input {_short(inputs[i], 80)}: got {_short(got.get('value'))}, "
-                           f"the solution gives {_short(want['value'])}"}
+                    "why": f"{where} {_short(got.get('value'))}, the solution gives {_short(want['value'])}"}
     if len(mine.get("results", [])) != len(ref["results"]):
         return {"decided": "grader", "passed": False, "why": "the kernel answered for fewer inputs than asked"}
-    return {"decided": "grader", "passed": True, "why": f"the grader's {len(ref['results'])} fresh input(s) agree"}
+    said = f"the grader's {len(ref['results'])} fresh input(s) agree" if any(inputs) else "the solution's value"
+    return {"decided": "grader", "passed": True, "why": said}

@@ -45,7 +45,8 @@ def _defined_in_text(nb: dict[str, Any] | None, name: str, fp: str | None) -> bo
 
 
 def _tamper_flags(lab: str, answer: dict[str, Any]) -> list[str]:
-    mine = answer.get("check_functions") or {}
+    mine = answer.get("check_functions")
+    mine = mine if isinstance(mine, dict) else {}
     ours = pk.check_functions()
     replaced = sorted(k for k in mine if k in ours and mine[k] != ours[k])
     seen = {k.rsplit(".", 1)[0] for k in mine}      # the modules the kernel had imported
@@ -91,18 +92,19 @@ def _object_flags(lab: str, check: str, names: tuple[str, ...], answer_facts: di
     """(flags, notes, why the answer does not count) from the facts of the learner's objects."""
     flags, notes, void = [], [], None
     for name in names:
-        f = answer_facts.get(name) or {}
-        fp, where = f.get("fingerprint"), f.get("file") or "?"
+        f = answer_facts.get(name) if isinstance(answer_facts, dict) else None
+        f = f if isinstance(f, dict) else {}
+        fp, where = f.get("fingerprint"), str(f.get("file") or "?")[:100]   # the kernel's words: kept short
         if f.get("is_package_object"):
-            void = f"`{name}` is the package's own {f['is_package_object'][0]}, not the learner's code"
+            void = f"`{name}` is the package's own {str(f['is_package_object'][0])[:100]}, not the learner's code"
         elif f.get("wraps"):
-            void = f"`{name}` only calls the package's {f['wraps']}"
+            void = f"`{name}` only calls the package's {str(f['wraps'])[:100]}"
         elif fp is not None and fp == solution_prints.get(name) and not _defined_in_text(learner_nb, name, fp):
             void = f"`{name}` is the solution's code, verbatim, defined outside the notebook's cells ({where})"
         elif fp is not None and fp == solution_prints.get(name):
             notes.append(f"`{name}` compiles to exactly the solution's code")
-        for base in f.get("package_bases") or []:
-            notes.append(f"`{name}` subclasses the package's {base} (left to the instructor's judgement)")
+        for base in list(f.get("package_bases") or [])[:3]:
+            notes.append(f"`{name}` subclasses the package's {str(base)[:100]} (left to the instructor's judgement)")
         if void:
             flags.append(f"lab {lab} {check}: {void}; not counted")
             break
@@ -121,6 +123,7 @@ def decide(p: Plan, lab: str, solution_nb: dict[str, Any] | None, learner_nb: di
     if not ran or not p.probes:
         return out
     answer = (probe or {}).get("answer")
+    answer = answer if isinstance(answer, dict) else None
     out["probe"].update(answered=answer is not None,
                         error=None if answer is not None else (probe or {}).get("error", "no answer"))
     if answer is None and probe is not None:
@@ -128,11 +131,16 @@ def decide(p: Plan, lab: str, solution_nb: dict[str, Any] | None, learner_nb: di
                             f"({out['probe']['error']}); the checks it decides do not count")
     refs, prints = pr.references(solution_nb, p.probes, p.seed) if solution_nb else ({}, {})
     inputs = pr.inputs_of(p.probes, p.seed)
-    mine = (answer or {}).get("probes", {})
+    mine = (answer or {}).get("probes")
+    mine = mine if isinstance(mine, dict) else {}
     for check, probe_spec in p.probes.items():
-        v = pr.verdict(probe_spec, mine.get(check) if answer is not None else None, refs.get(check),
-                       inputs[check])
-        facts = (mine.get(check) or {}).get("facts") or {}
+        try:
+            v = pr.verdict(probe_spec, mine.get(check) if answer is not None else None, refs.get(check),
+                           inputs[check])
+        except (TypeError, AttributeError, KeyError, RecursionError):   # an answer of the wrong shape
+            v = {"decided": "grader", "passed": False, "why": "the kernel's answer to the probe is malformed"}
+        entry = mine.get(check)
+        facts = (entry.get("facts") if isinstance(entry, dict) else None) or {}
         flags, notes, void = _object_flags(lab, check, probe_spec.obj, facts, prints, learner_nb)
         if void and v["decided"] == "grader":
             v = {"decided": "grader", "passed": False, "why": void}

@@ -159,7 +159,7 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
     runtime = time.monotonic() - start
     try:
         status = json.loads(status_file.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):   # the kernel can write there: never trust its shape
         status = {}
     kernel_pid = status.get("kernel_pid")
     # the worker died mid-notebook (killed by the notebook it ran, or out of memory)
@@ -201,7 +201,7 @@ def _wait(proc: subprocess.Popen, deadline: float, status_file: Path, probe: tup
         if not sent:
             try:
                 asked = json.loads(status_file.read_text()).get("awaiting_probe")
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError, AttributeError):
                 asked = False
             if asked:
                 tmp = status_file.with_name("probe.json.tmp")

@@ -101,3 +101,15 @@ def _defined(source: str) -> dict:
     ns: dict = {"__name__": "__main__"}
     exec(compile(source, "<cell>", "exec"), ns)
     return ns
+
+
+@pytest.mark.parametrize("answer", [None, "x", {"probes": "x"}, {"probes": {"ex3-scores-bytes": 3}},
+                                    {"probes": {"ex3-scores-bytes": {"results": [{"value": [[[]]]}]}},
+                                     "check_functions": 5},
+                                    {"probes": {"ex3-scores-bytes": {"results": [], "facts": {"scores_bytes": 1}}}}])
+def test_a_malformed_answer_from_the_kernel_loses_the_marks_and_never_raises(answer):
+    solution = ROOT / "solutions" / "05-the-fp16-lora-puzzle.ipynb"
+    table = {"ex3-scores-bytes": probes.probes_for(solution)[0]["ex3-scores-bytes"]}
+    nb = json.loads(solution.read_text(encoding="utf-8"))
+    decided = marks.decide(marks.Plan(table, {}), "05", nb, None, {"answer": answer}, [], [], ran=True)
+    assert decided["verdicts"]["ex3-scores-bytes"]["passed"] is False

@@ -256,8 +256,10 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
             mine, ref = checks_by_name.get(name), ref_checks.get(name)
             verdict = decided["verdicts"].get(name)
             state, flag = mk.combine(lab_id, name, _state_of(mine, name in untouched), verdict)
-            if flag:
-                flags.append(flag)
+            if flag and mine is not None and verdict is not None:
+                flags.append(flag)     # the learner reads why too, without the solution's value
+                mine = {**mine, "message": "passed in your notebook, but not on the grader's own inputs ("
+                                           f"{verdict.get('learner', verdict['why'])})"}
             counted = name in own and name not in decided["forged"]
             if mine is not None and state == "wrong" and mine.get("state") == "not_attempted":
                 mine = {**mine, "message": "your exercise cell was edited but raised an error before defining "

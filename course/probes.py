@@ -140,7 +140,8 @@ def inputs_of(probes: dict[str, Probe], seed: int) -> dict[str, list[Any]]:
 
 def verdict(p: Probe, mine: dict[str, Any] | None, ref: dict[str, Any] | None,
             inputs: list[Any]) -> dict[str, Any]:
-    """{"decided": "grader" | "notebook", "passed": bool, "why": one line} for one check."""
+    """{"decided": "grader" | "notebook", "passed": bool, "why": one line} for one check (and
+    "learner": the same without the solution's value, when "why" holds one)."""
     if ref is None or "missing" in ref or any("error" in r for r in ref.get("results", [])):
         why = ref and (f"the solution's `{ref['missing']}` could not be built here" if "missing" in ref
                        else next(r["error"] for r in ref["results"] if "error" in r))
@@ -157,7 +158,8 @@ def verdict(p: Probe, mine: dict[str, Any] | None, ref: dict[str, Any] | None,
         if not _same(got.get("value"), want["value"], p):
             where = f"on the grader's input {_short(inputs[i], 80)}: got" if inputs[i] else "the value is"
             return {"decided": "grader", "passed": False,
-                    "why": f"{where} {_short(got.get('value'))}, the solution gives {_short(want['value'])}"}
+                    "why": f"{where} {_short(got.get('value'))}, the solution gives {_short(want['value'])}",
+                    "learner": f"{where} {_short(got.get('value'))}"}   # for feedback.md: no reference value
     if len(mine.get("results", [])) != len(ref["results"]):
         return {"decided": "grader", "passed": False, "why": "the kernel answered for fewer inputs than asked"}
     said = f"the grader's {len(ref['results'])} fresh input(s) agree" if any(inputs) else "the solution's value"

@@ -350,6 +350,7 @@ def grade_attack(root: Path, name: str, attack: str, **kw) -> tuple[dict, str]:
     assert_no_marks_from_lab1_and_lab2_graded(report)
     assert lab(report, "01")["probe"]["answered"] and lab(report, "02")["probe"]["answered"]
     assert all(c["decided"] == "grader" for c in lab(report, "02")["checks"])
+    assert report["repository_unchanged"], report["changed_files"]
     md = (root / "learners" / name / "grade.md").read_text(encoding="utf-8")
     assert "## Flags" in md or sandboxed() and attack == "exec-solution"
     return report, md
@@ -409,3 +410,7 @@ def test_answers_hard_coded_for_the_notebooks_inputs_fail_the_graders_fresh_inpu
     assert checks["ex1-lora-params"]["grader"].startswith("raised KeyError")
     assert checks["ex3-qv-params"]["grader"].startswith("on the grader's input [")
     assert "01 ex1-lora-params: passed in the notebook, but the grader's probe fails" in md
+    feedback = (root / "learners" / "hardcoder" / "feedback.md").read_text(encoding="utf-8")
+    assert "| ex3-qv-params | ✘ wrong | passed in your notebook, but not on the grader's own inputs (on the " \
+           "grader's input [" in feedback
+    assert "the solution gives" not in feedback and "the solution gives" in md

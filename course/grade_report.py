@@ -169,7 +169,9 @@ def _grader_txt(c: dict[str, Any]) -> str:
 def _probe_lines(lab: dict[str, Any]) -> list[str]:
     probe = lab.get("probe")
     if not probe:
-        return []
+        return [] if not lab["checks"] or "decided" not in lab["checks"][0] else [
+            "Grader's probe: none for this lab (no solution notebook, or no probes in course/probe_table.py): "
+            "every check is decided in the notebook."]
     if probe.get("answered"):
         line = f"Grader's probe: answered by the kernel (inputs from seed {probe['seed']})."
     else:

@@ -279,6 +279,12 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                                                           else "no probe for this check"),
                 "notes": decided["notes"].get(name, []), "counted": counted})
         counted_checks = [c for c in report["checks"] if c["counted"]]
+        by_design = plan.decided_in_notebook if plan else {}
+        unprobed = [c["name"] for c in counted_checks if c["state"] == "passed" and c["decided"] == "notebook"
+                    and c["name"] not in by_design]
+        if unprobed:      # marks a notebook could have forged: the instructor must know which
+            flags.append(f"lab {lab_id}: passed in the notebook with no probe of the grader (no solution "
+                         f"notebook, or no probe or reference for them): {', '.join(unprobed)}")
         report["passed"] = sum(c["state"] == "passed" for c in counted_checks)
         report["states"] = {st: sum(c["state"] == st for c in counted_checks) for st in STATES}
         report["total"] = len(counted_checks)

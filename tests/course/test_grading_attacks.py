@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -414,3 +415,18 @@ def test_answers_hard_coded_for_the_notebooks_inputs_fail_the_graders_fresh_inpu
     assert "| ex3-qv-params | ✘ wrong | passed in your notebook, but not on the grader's own inputs (on the " \
            "grader's input [" in feedback
     assert "the solution gives" not in feedback and "the solution gives" in md
+
+
+def test_without_a_solution_to_probe_against_the_notebooks_marks_are_flagged(tmp_path):
+    """No solutions/ (an instructor grading with the labs only): nothing for the grader to compute a
+    reference from, so the marks are the notebook's own, and grade.md says which they are."""
+    root = tmp_path / "course"
+    build_course(root)
+    shutil.rmtree(root / "solutions")
+    report = grading.grade_learner("alice", root, options(root))
+    assert (report["passed"], report["total"]) == (6, 6)
+    assert [f.split(":")[0] for f in report["flags"]] == ["lab 01", "lab 02"]
+    assert report["flags"][0].endswith("no probe or reference for them): ex1-lora-params, ex2-adapter-bytes, "
+                                       "ex3-qv-params")
+    md = (root / "learners" / "alice" / "grade.md").read_text(encoding="utf-8")
+    assert "Grader's probe: none for this lab" in md

@@ -143,7 +143,7 @@ def decide(p: Plan, lab: str, solution_nb: dict[str, Any] | None, learner_nb: di
         facts = (entry.get("facts") if isinstance(entry, dict) else None) or {}
         flags, notes, void = _object_flags(lab, check, probe_spec.obj, facts, prints, learner_nb)
         if void and v["decided"] == "grader":
-            v = {"decided": "grader", "passed": False, "why": void}
+            v = {"decided": "grader", "passed": False, "why": void, "flagged": True}   # flagged just below
         if probe_spec.note:
             notes.insert(0, probe_spec.note)
         out["verdicts"][check], out["notes"][check] = v, notes
@@ -159,5 +159,7 @@ def combine(lab: str, check: str, state: str, verdict: dict[str, Any] | None) ->
     """The state that counts, and a flag when the notebook said passed and the grader did not."""
     if verdict is None or verdict["decided"] != "grader" or state != "passed" or verdict["passed"]:
         return state, None
+    if verdict.get("flagged"):          # decide() has already flagged why it does not count
+        return "wrong", None
     return "wrong", (f"lab {lab} {check}: passed in the notebook, but the grader's probe fails "
                      f"({verdict['why']})")

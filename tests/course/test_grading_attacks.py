@@ -370,6 +370,8 @@ def test_execing_the_solutions_cells_gains_nothing(course, sandbox):
         return
     assert ex1["state"] == "wrong" and "the solution's code, verbatim, defined outside" in ex1["grader"]
     assert "01 ex1-lora-params: `lora_params` is the solution's code, verbatim" in md
+    assert [f for f in report["flags"] if "ex1-lora-params" in f] == [
+        f"lab 01 ex1-lora-params: {ex1['grader']}; not counted"]        # once, not again as "passed in the notebook"
 
 
 def test_the_packages_own_objects_in_place_of_an_answer_are_flagged_by_name(course):

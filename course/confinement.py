@@ -12,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .pids_limit import describe_limit
+
 JAIL = Path(__file__).with_name("jail.py")
 # unshare flags of a confined run: user, network, PID (with its own /proc) and mount namespaces
 JAIL_FLAGS = ["-rn", "--fork", "--pid", "--kill-child", "--mount", "--mount-proc"]
@@ -86,7 +88,12 @@ def describe(spec: dict[str, Any]) -> str:
     parts = [f"file size {lim['RLIMIT_FSIZE'] / 2**30:g} GiB", f"CPU {lim['RLIMIT_CPU']} s per process"]
     parts.append(f"address space {lim['RLIMIT_AS'] / 2**30:.0f} GiB" if "RLIMIT_AS" in lim
                  else "memory not limited (a CUDA GPU is present)")
+    processes = describe_limit()
+    limited = processes.startswith("at most")
+    if limited:
+        parts.append(processes)
+    unlimited = [] if limited else ["the number of processes"]
     return ("file system read-only except a private /tmp and /dev/shm holding the notebook's copy; "
             f"{', '.join(h + '/' for h in HIDDEN)} of the course and /run hidden; a private /proc; "
-            f"limits: {', '.join(parts)}; not limited: the number of processes, reading what is not hidden, "
+            f"limits: {', '.join(parts)}; not limited: {', '.join(unlimited + ['reading what is not hidden'])}, "
             f"connecting to Unix sockets outside /run and /tmp")

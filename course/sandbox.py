@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .checks import CHECKS_FILE_ENV, read_checks_file
+from .pids_limit import process_limit
 from .confinement import JAIL_FLAGS, describe, jail_command, jail_spec, probe_jail
 from .learner import PROFILE_ENV
 
@@ -150,9 +151,13 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
            "--cell-timeout", str(cell_timeout), "--notebook-timeout", str(notebook_timeout),
            *(["--probe"] if probe else [])]
     start = time.monotonic()
+    limit = process_limit().__enter__() if jail else None      # a pids cgroup, where one is writable
+    if limit is not None and limit.group is None:
+        how = f"{how}; {limit.how}"        # (the sandbox line promised a limit this run did not get)
     with open(scratch / "worker.log", "wb") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(checks_file, profile, scratch),
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=limit.enter if limit is not None and limit.group else None)
         # + kernel start-up and shutdown, and the probe
         killed = _wait(proc, start + notebook_timeout + 90 + (120 if probe else 0), status_file, probe)
     output = (scratch / "worker.log").read_bytes()
@@ -168,6 +173,8 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
         # the worker could not stop its kernel (which runs in its own session); inside a PID
         # namespace the kernel already died with the worker, and its pid means nothing here
         _kill_group(kernel_pid)
+    if limit is not None:
+        limit.__exit__(None, None, None)
     records = read_checks_file(checks_file)
     shutil.rmtree(scratch, ignore_errors=True)
     if killed:

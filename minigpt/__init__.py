@@ -9,6 +9,11 @@ Modules (one concept each):
     lora     LoRA from scratch (checked against peft)
     nf4      NF4 quantisation from scratch (checked against bitsandbytes)
     memory   where training memory goes: measure, trace, estimate
+    encoder  all-MiniLM-L6-v2 (a real pretrained BERT encoder) from its package, offline
+    hf_data  the reviews as a datasets.Dataset, tokenized with .map, padded by a collator
+    classify, finetune, classify_memory
+             the mean-pooled MiniLM classifier and its training loop; full / LoRA / QLoRA
+             (ours, peft, bitsandbytes); the memory of one step, tracked and estimated
 """
 from .model import GPT, GPTClassifier, GPTConfig, PRESETS, from_preset, parameter_count, preset_config
 from .repro import set_seed

@@ -22,7 +22,12 @@ def t_alignment(lang: str) -> str:
         ("DPO", tr(lang, "full", "completo"), 1, 1, 0),
         ("DPO", tr(lang, "LoRA (reference = adapters off)", "LoRA (referencia = adaptadores desactivados)"), 0, 1, 1),
         ("RLHF (PPO)", tr(lang, "full", "completo"), 2, 2, 0),
-        ("RLHF (PPO)", tr(lang, "LoRA (policy, value: adapters; + reward)", "LoRA (política, valor: adaptadores; + recompensa)"), 0, 2, 2),
+        ("RLHF (PPO)", tr(lang, "LoRA (policy: adapter on the SFT base; value: adapter on the reward base)",
+                          "LoRA (política: adaptador sobre la base SFT; valor: adaptador sobre la base de recompensa)"),
+         0, 2, 2),
+        # the other end: reward and value models negligible next to the policy (InstructGPT: 6B vs 175B)
+        ("RLHF (PPO)", tr(lang, "full; reward and value models negligible", "completo; modelos de recompensa y valor despreciables"),
+         1, 1, 0),
     ]
     rows = [[m, s, str(t), str(fz), str(a), gib(t * T + fz * F + a * A)] for m, s, t, fz, a in rows_spec]
     head = [tr(lang, "method", "método"), tr(lang, "setup", "montaje"), tr(lang, "trained copies", "copias entrenadas"),

@@ -415,6 +415,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=32)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print each rank's result as JSON instead of a table")
     ap.add_argument("--out", default=None, help="folder for rank<N>.json (worker mode)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--rank", type=int, default=None, help=argparse.SUPPRESS)
@@ -430,8 +431,30 @@ def main(argv: Optional[list[str]] = None) -> None:
                        a.batch, a.seq, a.steps, out, a.init_method, a.fail)
         print(json.dumps(res.to_dict()), flush=True)
         return
-    for r in run_sharded(a.model, a.mode, a.world, a.batch, a.seq, a.steps):
-        print(json.dumps(r.to_dict()))
+    results = run_sharded(a.model, a.mode, a.world, a.batch, a.seq, a.steps)
+    if a.json:
+        for r in results:
+            print(json.dumps(r.to_dict()))
+        return
+    print(rank_table(results))
+
+
+def rank_table(results: list[RankResult]) -> str:
+    """Each rank's buckets at its peak, measured, beside the estimate for that rank (MiB)."""
+    from .buckets import MiB, fmt_error
+    first = results[0]
+    ests = [with_communication(estimate_rank(r.mode, r.model, r.world, r.rank, r.batch, r.seq)) for r in results]
+    head = "".join(f"{f'rank {r.rank} measured':>18}{'estimated':>11}" for r in results)
+    lines = [f"{first.mode} on {first.world} gloo rank(s), {first.model}, batch {first.batch} x {first.seq} per rank; "
+             "MiB (2^20 bytes) at each rank's peak (tracked on CPU)", f"{'bucket':<19}{head}"]
+    for k in (*BUCKETS, COMM):
+        lines.append(f"{k:<19}" + "".join(f"{r.peak_buckets.get(k, 0) / MiB:>18.2f}{e.get(k, 0) / MiB:>11.2f}"
+                                          for r, e in zip(results, ests)))
+    lines.append(f"{'peak':<19}" + "".join(f"{r.peak / MiB:>18.2f}{sum(e.values()) / MiB:>11.2f}" for r, e in zip(results, ests)))
+    lines.append(f"{'error':<19}" + "".join(f"{'':>18}{fmt_error(sum(e.values()), r.peak):>11}" for r, e in zip(results, ests)))
+    lines.append("model states per rank, bytes: " + "; ".join(
+        f"rank {r.rank} " + ", ".join(f"{k} {v:,}" for k, v in r.model_state.items()) for r in results))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

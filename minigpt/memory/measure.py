@@ -249,6 +249,15 @@ def enable_checkpointing(model: nn.Module) -> None:
                          f"checkpointing=False or a minigpt/transformers model.")
 
 
+def logical_parameter_count(model: nn.Module) -> int:
+    """Parameters as the model has them logically: an NF4 weight (minigpt.nf4.NF4Linear) counts its
+    in x out elements, not its packed 4-bit storage (which is buffers, not parameters), so QLoRA and
+    LoRA of the same model report the same count."""
+    from ..nf4 import NF4Linear
+    return (sum(p.numel() for p in model.parameters())
+            + sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, NF4Linear)))
+
+
 class Session:
     """A model, optimizer and batch ready to step, in one of the three modes.
 
@@ -320,7 +329,7 @@ class Session:
         foreach = cuda_rules.optimizer_foreach(semantics) if mode != "cuda" else None
         with self._ctx():
             self.opt = make_optimizer(optimizer, self.trainable, foreach=foreach)
-        self.n_params = sum(p.numel() for p in model.parameters())
+        self.n_params = logical_parameter_count(model)
         self.n_trainable = sum(p.numel() for p in self.trainable)
 
     def _ctx(self):

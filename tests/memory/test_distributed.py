@@ -101,3 +101,26 @@ def test_the_committed_benchmark_agrees_with_todays_estimator():
                                                   "gradients": ms["gradients"], "optimizer": ms["optimizer"]}
         assert row["estimated"]["peak"] == est.peak
         assert abs(est.peak - row["measured"]["peak"]) <= 0.05 * row["measured"]["peak"]
+
+
+def test_the_rank_table_shows_every_bucket_beside_its_estimate(runs):
+    from minigpt.memory.distributed import rank_table
+    text = rank_table(runs["fsdp2"])
+    assert "rank 0 measured" in text and "rank 1 measured" in text
+    assert all(k in text for k in ("weights_trainable", "activations", "communication", "peak", "error"))
+
+
+def test_the_cli_predicts_one_rank_and_refuses_sharding_for_a_single_process(capsys):
+    from minigpt.memory.cli import main
+    assert main(["estimate", "--model", "tiny", "--seq", "32", "--semantics", "cpu", "--gpus", "2",
+                 "--zero", "3", "--sharding", "fsdp2", "--rank-index", "1"]) in (0, None)
+    assert "FSDP2 on rank 1 of 2" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["measure", "--model", "tiny", "--sharding", "fsdp2", "--zero", "3", "--gpus", "2"])
+    assert "python -m minigpt.memory.distributed" in capsys.readouterr().err
+
+
+def test_the_time_limit_kills_every_rank(gloo):
+    with pytest.raises(ShardedRunError, match="limit") as err:
+        run_sharded("tiny", "fsdp2", world=2, batch=BATCH, seq=SEQ, timeout=1.0)
+    assert len(err.value.pids) == 2 and not any(_alive(p) for p in err.value.pids)

@@ -258,3 +258,23 @@ def test_minigpt_block_formulas_in_the_docstring(precision):
     block = E.forward_walk(ctx).blocks[1]
     nd, nf = (32, 8) if precision == "fp32" else (24, 4)
     assert block == nd * N * d + nf * N * f + 16 * N + 4 * B * H * T
+
+
+def test_absurd_alpha_and_a_sequence_beyond_the_trained_positions_get_one_sentence():
+    with pytest.raises(E.EstimateError, match="alpha must be a positive number"):
+        E.estimate("tiny", method="lora", alpha=float("inf"), seq=32)
+    with pytest.raises(E.EstimateError, match=r"longer than llama-7b's 2048 positions; use seq <= 2048 \(or a config"):
+        E.estimate("llama-7b", method="lora", seq=1_000_000)
+
+
+def test_qlora_and_lora_report_the_same_logical_parameter_count():
+    """NF4 weights are buffers of packed 4-bit codes; the parameter count is still the model's."""
+    lora = E.estimate("llama-7b", method="lora", targets="all-linear", seq=128)
+    qlora = E.estimate("llama-7b", method="qlora", targets="all-linear", seq=128)
+    assert qlora.n_params == lora.n_params == E.n_parameters(E.resolve_model("llama-7b")) + lora.n_trainable
+    assert qlora.n_trainable == lora.n_trainable
+    assert qlora.model_state["weights_frozen"] < lora.model_state["weights_frozen"] / 3   # storage differs
+    from minigpt.memory.compare import measure
+    kw = dict(model="tiny", method="qlora", targets="all-linear", seq=32)
+    assert measure(mode="cpu", semantics="cpu", **kw).n_params == E.estimate(semantics="cpu", **kw).n_params \
+        == E.estimate(**{**kw, "method": "lora"}).n_params

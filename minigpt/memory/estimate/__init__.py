@@ -139,7 +139,13 @@ def _max_seq(spec: ModelSpec) -> Optional[int]:
         return spec.positions - 2        # positions start after the padding index (1)
     if spec.family == "bert":
         return spec.positions
-    return None                           # rotary: no table to run out of
+    # rotary: no table to run out of, but the model was trained up to max_position_embeddings;
+    # beyond it only with RoPE scaling configured
+    cfg = getattr(spec, "config", None)
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if cfg is None or rope.get("rope_type", "default") != "default":   # (transformers 5: "default" = unscaled)
+        return None
+    return getattr(cfg, "max_position_embeddings", None)
 
 
 def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int = 8, alpha: float = 16.0,
@@ -187,7 +193,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     batch, seq, gpus = _positive_int("batch", batch), _positive_int("seq", seq), _positive_int("gpus", gpus)
     if method != "full":
         _positive_int("rank", rank)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
             raise EstimateError(f"alpha must be a positive number (LoRA scale = alpha / rank), got {alpha!r}.")
     if double_quant and method != "qlora":
         raise EstimateError("double_quant applies to method='qlora' only; drop it or use method='qlora'.")
@@ -225,7 +231,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                                 "attn_dropout": float(dropout)})
     limit = _max_seq(spec)
     if limit is not None and seq > limit:
-        raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}.")
+        raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}"
+                          + (" (or a config with rope_scaling)." if spec.family == "llama" else "."))
     tg = resolve_targets(spec, targets) if method != "full" else ()
     states = model_states(spec, method, precision, optimizer, rank, tg, double_quant, semantics, head_trainable)
     shapes = {n: (i, o) for n, i, o, _ in linear_layers(spec)}
@@ -261,6 +268,13 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         notes.append(f"FSDP2 on rank {rank_index} of {gpus}: padded dim-0 shards; in backward one block "
                      "gathered, the next block's all-gather buffer and a reduce-scatter buffer beside it "
                      "(collective buffers are counted in temporaries).")
+    else:
+        notes.append(f"DDP on rank {rank_index} of {gpus}: the gradients are its all-reduce buckets, alive the "
+                     "whole step" + (" (ZeroRedundancyOptimizer: this rank's whole parameters' state)."
+                                     if zero == 1 else "."))
+    if sharding != "flat" and method != "full":
+        notes.append(f"sharding={sharding!r} was measured on CPU ranks for full fine-tuning only "
+                     "(tests/memory/test_distributed.py); with adapters it follows the same rules, unmeasured.")
     peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
                         opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
                         extra_copies=gather, fsdp=plan, ddp_buckets=sharding == "ddp")

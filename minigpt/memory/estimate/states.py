@@ -68,9 +68,7 @@ def model_states(spec: ModelSpec, method: str, precision: str, optimizer: str, r
         st.weights_frozen += wb * t.numel
         if t.kind == "linear_w":
             st.frozen_linear.append((t.module, *linear_shape[t.module]))
-    if method == "qlora":
-        # nn.Linear parameters counted above as weights; NF4 codes are buffers, not parameters
-        st.n_params -= sum(i * o for _, i, o in st.nf4_linear)
+    # (an NF4 weight counts its logical in x out elements in n_params, as measure.logical_parameter_count)
     ab = wb  # adapters: fp32 (peft's autocast_adapter_dtype), cast with the model in pure 16-bit
     for name in adapted:
         fin, fout = linear_shape[name]

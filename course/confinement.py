@@ -19,6 +19,8 @@ JAIL = Path(__file__).with_name("jail.py")
 JAIL_FLAGS = ["-rn", "--fork", "--pid", "--kill-child", "--mount", "--mount-proc"]
 HIDDEN = ("solutions", "learners", ".cache", ".git")   # what a notebook never needs to see
 FILE_SIZE_LIMIT = 2 * 2**30                           # bytes of one file it may write
+# the system folders a run sees (read-only) besides Python, the venv and the course; nothing else exists
+SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/dev", "/sys")
 
 _PROBE = ("import os, sys\n"
           "hidden, probe = sys.argv[1], sys.argv[2]\n"
@@ -53,6 +55,7 @@ def jail_spec(roots: list[Path], keep: list[Path], notebook_timeout: float) -> d
     bases = list(dict.fromkeys(Path(r).resolve() for r in roots))
     home = Path.home()
     return {"readonly": ["/", *map(str, bases), sys.prefix, str(home)], "readonly_mounts": True,
+            "allow": [*SYSTEM, sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent), *map(str, bases)],
             "hide": [str(b / h) for b in bases for h in HIDDEN] + ["/run"],
             "keep": [str(Path(k).resolve()) for k in keep], "limits": limits(notebook_timeout)}
 
@@ -70,7 +73,9 @@ def probe_jail(unshare: str) -> str:
         hidden.mkdir()
         (hidden / "secret").write_text("x")
         outside = Path.home() / f".minigpt-jail-probe-{os.getpid()}"
-        spec = {"readonly": ["/", str(Path.home())], "readonly_mounts": True, "hide": [str(hidden)], "keep": [tmp], "limits": {"RLIMIT_FSIZE": FILE_SIZE_LIMIT}}
+        spec = {"readonly": ["/", str(Path.home())], "readonly_mounts": True, "hide": [str(hidden)], "keep": [tmp],
+                "allow": [*SYSTEM, sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent)],
+                "limits": {"RLIMIT_FSIZE": FILE_SIZE_LIMIT}}
         try:
             proc = subprocess.run([unshare, *JAIL_FLAGS, *jail_command(spec), sys.executable, "-I", "-c", _PROBE,
                                    str(hidden), str(outside)], capture_output=True, text=True, timeout=60)
@@ -94,6 +99,7 @@ def describe(spec: dict[str, Any]) -> str:
         parts.append(processes)
     unlimited = [] if limited else ["the number of processes"]
     return ("file system read-only except a private /tmp and /dev/shm holding the notebook's copy; "
-            f"{', '.join(h + '/' for h in HIDDEN)} of the course and /run hidden; a private /proc; "
-            f"limits: {', '.join(parts)}; not limited: {', '.join(unlimited + ['reading what is not hidden'])}, "
-            f"connecting to Unix sockets outside /run and /tmp")
+            "nothing visible but the system folders, Python, the venv and the course, "
+            f"{', '.join(h + '/' for h in HIDDEN)} of the course hidden (no home folders, /var, /run, "
+            "no host Unix sockets); a private /proc; "
+            f"limits: {', '.join(parts)}" + (f"; not limited: {', '.join(unlimited)}" if unlimited else ""))

@@ -7,6 +7,9 @@ SPEC_JSON (built by course.sandbox.jail_spec):
     readonly_mounts  true: every other mount point too (/dev, /sys/fs/cgroup/..., /boot, ...)
     hide      folders covered by an empty read-only tmpfs (solutions/, learners/, .cache/, .git)
     keep      folders under /tmp that stay visible and writable (the notebook's copy, the scratch)
+    allow     when given: the only paths the run sees at all (the system's /usr, /etc, the Python,
+              the venv, the course...), bound read-only into a fresh root it pivots into; the rest
+              of the file system (home folders, /var, /run, the host's sockets) does not exist there
     limits    {"RLIMIT_FSIZE": bytes, "RLIMIT_CPU": seconds, "RLIMIT_AS": bytes}, each optional
 
 /tmp and /dev/shm become fresh private tmpfs mounts. Any step that fails stops here with exit
@@ -19,6 +22,7 @@ import ctypes
 import json
 import os
 import resource
+import stat
 import sys
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
@@ -65,8 +69,75 @@ def _fresh_tmpfs(folder: str, keep: dict[str, int]) -> None:
             _mount(f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
 
 
+MNT_DETACH = 2
+_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217, "riscv64": 41}
+
+
+def _new_root(spec: dict) -> None:
+    """Pivot into a fresh tmpfs that holds only spec["allow"] (read-only), spec["keep"] (writable),
+    a private /proc, /tmp and /dev/shm. Paths are reached through descriptors opened first: the
+    staging tmpfs covers /tmp, where the course and the notebook's copy may live."""
+    nr = _PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise OSError(0, f"pivot_root: unknown system call number on {os.uname().machine}")
+    # a link among them (/lib -> usr/lib on a merged-/usr system) is recreated as a link, its target bound
+    links = {p: os.readlink(p) for p in spec["allow"] if os.path.islink(p)}
+    allow = [p for p in dict.fromkeys(map(os.path.realpath, spec["allow"])) if os.path.exists(p)]
+    keep = list(dict.fromkeys(map(os.path.realpath, spec.get("keep", []))))
+    fds = {p: os.open(p, os.O_PATH) for p in allow + keep}
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=700")     # staging, this namespace only
+    new = "/tmp/root"
+    os.mkdir(new)
+    _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    for d in ("tmp", "dev/shm"):
+        os.makedirs(f"{new}/{d}")
+        _mount("tmpfs", f"{new}/{d}", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+    for p in sorted(allow + keep, key=lambda p: (p.count("/"), p)):
+        target, src = new + p, f"/proc/self/fd/{fds[p]}"
+        if os.path.isdir(src):
+            os.makedirs(target, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
+        _mount(src, target, None, MS_BIND | MS_REC)
+    for m in _mount_points():          # every bound mount read-only, except the run's own folders
+        if m.startswith(new + "/") and not any(m == new + k or m.startswith(new + k + "/") for k in keep) \
+                and m not in (f"{new}/tmp", f"{new}/dev/shm"):
+            _readonly(m)
+    for link, target in links.items():
+        os.makedirs(os.path.dirname(new + link), exist_ok=True)
+        if not os.path.lexists(new + link):
+            os.symlink(target, new + link)
+    for entry in os.scandir(f"{new}/dev"):   # the host's sockets in /dev (syslog's /dev/log): gone
+        if stat.S_ISSOCK(entry.stat(follow_symlinks=False).st_mode):
+            _mount("/dev/null", entry.path, None, MS_BIND)
+    os.makedirs(f"{new}/proc", exist_ok=True)
+    _mount("proc", f"{new}/proc", "proc", MS_NOSUID | MS_NODEV | 8)           # 8: MS_NOEXEC
+    for folder in spec.get("hide", []):
+        if os.path.isdir(new + folder):
+            _mount("tmpfs", new + folder, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k,mode=755")
+    for fd in fds.values():
+        os.close(fd)
+    os.chdir(new)
+    os.mkdir(".old")
+    if _libc.syscall(nr, b".", b".old") != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"pivot_root: {os.strerror(err)}")
+    os.chdir("/")
+    if _libc.umount2(b"/.old", MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"umount the old root: {os.strerror(err)}")
+    os.rmdir("/.old")
+    _mount(None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)   # the new root itself
+
+
 def setup(spec: dict) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)      # nothing done here leaks back to the host
+    if spec.get("allow"):
+        _new_root(spec)
+        for name, value in spec.get("limits", {}).items():
+            resource.setrlimit(getattr(resource, name), (int(value), int(value)))
+        return
     keep = {}
     for k in map(os.path.realpath, spec.get("keep", [])):
         _mount(k, k, None, MS_BIND | MS_REC)          # its own mount: stays writable when "/" is not

@@ -119,6 +119,7 @@ def _child_env(checks_file: Path, profile: str, scratch: Path) -> dict[str, str]
         "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
         # inside the sandbox the home folder is read-only: Jupyter and matplotlib write here instead
         "JUPYTER_RUNTIME_DIR": str(scratch / "runtime"), "MPLCONFIGDIR": str(scratch / "mpl"),
+        "HOME": str(scratch / "home"),   # the instructor's home is not in the sandbox's view at all
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
     })
     return env

@@ -449,3 +449,39 @@ def test_a_fork_bomb_stops_at_the_process_limit_or_the_report_says_there_is_none
     forked = [int(e["evalue"].split()[-1]) for e in lab(report, "01")["errors"] if "FORKED" in e["evalue"]]
     assert forked and forked[0] < 512, forked
     assert outside.read_text() == "untouched\n"
+
+
+def test_the_rest_of_the_file_system_is_out_of_sight(course):
+    """Part 2: the sandbox's view holds the system folders, Python, the venv and the course only, so a
+    file or a Unix socket in the instructor's home folder does not exist for the notebook."""
+    root, outside = course
+    token = uuid.uuid4().hex[:12]
+    home_file, home_sock = Path.home() / f".minigpt-attack-{token}", Path.home() / f".minigpt-attack-{token}.sock"
+    home_file.write_text("the instructor's secret\n")
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(home_sock))
+    server.listen(1)
+    try:
+        splice(root, "peeker", "peek-home", HOMEFILE=str(home_file), HOMESOCK=str(home_sock))
+        report = grading.grade_learner("peeker", root, options(root))
+    finally:
+        server.close()
+        home_sock.unlink(missing_ok=True)
+        home_file.unlink(missing_ok=True)
+    assert_no_marks_from_lab1_and_lab2_graded(report)
+    escaped = [e["evalue"] for e in lab(report, "01")["errors"] if "ESCAPED" in e["evalue"]]
+    if not sandboxed():
+        assert "no sandbox of the file system" in report["isolation"]["how"]
+        return
+    assert escaped == [], escaped
+    assert "no home folders, /var, /run, no host Unix sockets" in report["isolation"]["how"]
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and hasattr(os, "geteuid") and os.geteuid() == 0
+                         and grading.detect_isolation(True, False).network == "none"),
+                    reason="the sandbox is guaranteed only as root on Linux with working namespaces (CI)")
+def test_the_sandbox_is_really_enforced_where_it_can_be():
+    """The attack tests accept a machine without the sandbox (they then check the report says so);
+    on a Linux machine that runs the namespaces as root, as CI does, a broken jail must fail here."""
+    iso = grading.detect_isolation(True, True)
+    assert iso.jail, iso.how

@@ -1,6 +1,21 @@
 """What a person reads after grading: grade.md (the instructor's report, reference values
 included), feedback.md (the learner's, in the learner's language, without reference values or
 reference answers), learners/gradebook.csv (a row per learner) and the summary table.
+
+The report's schema (grade.json), as course/grading.py and course/marks.py fill it:
+
+* ``flags``: one line each, shown first in grade.md: files changed, a killed worker, a stale
+  cache entry, and (issue 20, parts 1 and 3) a replaced ``course.checks`` function, forged or
+  extra check records, a check that passed in the notebook but fails the grader's probe, an
+  answer that *is* a package object, only calls one, or is the solution's code defined outside
+  the notebook's cells.
+* per lab, ``probe``: ``{"seed", "answered", "error"}``: the seed the grader drew the inputs from
+  (so an instructor can replay them) and whether the kernel answered.
+* per check: ``state`` (one of MARKS; it is "passed" only when the in-notebook check passed *and*
+  the grader agrees), ``decided`` ("grader": its probe decided, "notebook": no probe, or no
+  reference, so the in-notebook check did), ``grader`` (the grader's verdict in one line),
+  ``notes`` (e.g. a subclass of a package class: left to the instructor) and ``counted`` (False
+  for a check that is not one of the lab's, or whose records were forged: shown, never counted).
 """
 from __future__ import annotations
 
@@ -88,7 +103,13 @@ def render_markdown(report: dict[str, Any]) -> str:
     out += ["", "What is compared: **yours** is what the check recorded in your notebook's run; "
             "**expected** is what that check compared it with in the same run (the package's reference "
             "implementation on the same inputs, or a constant in the check cell); **solution run** is the "
-            "same check's record when the solution notebook ran in this grading (cached by content hash).", ""]
+            "same check's record when the solution notebook ran in this grading (cached by content hash). "
+            "**Grader** is what decides the mark: after the notebook ran, the grader evaluated the learner's "
+            "exercise objects in the same kernel on inputs drawn from a seed the notebook never saw, and "
+            "compared them with the solution's code run in the grader's own process; a check counts as "
+            "passed only when the notebook's check and the grader agree. An answer that is a package object, "
+            "or a function whose only work is one call to one, is flagged and not counted; subclasses and "
+            "other uses of the package are left to your judgement (named in the Grader column).", ""]
     for lab in report["labs"]:
         words = _STATUS_WORDS.get(lab["status"], lab["status"])
         out += [f"## Lab {lab['lab']} — {lab['notebook'] or lab['lab_notebook'] or ''}", "",
@@ -101,15 +122,18 @@ def render_markdown(report: dict[str, Any]) -> str:
                        f"and the list of checks may be incomplete.")
         else:
             out.append(f"Solution run: {ref['runtime_s']:.1f} s, {ref['hardware']}.")
+        out += _probe_lines(lab)
         if lab["checks"]:
-            out += ["", "| Check | Result | Message | Yours | Expected | Solution run |", "|---|---|---|---|---|---|"]
+            out += ["", "| Check | Result | Message | Yours | Expected | Solution run | Grader |",
+                    "|---|---|---|---|---|---|---|"]
             for c in lab["checks"]:
                 mark = MARKS[c["state"]] + (" (asked for the formula)" if c["name"] in lab.get("hints_asked", []) else "")
+                mark += "" if c.get("counted", True) else " (not counted)"
                 r = c["reference"]
                 ref_txt = "—" if r is None else (("" if r["passed"] else "(failed in the solution!) ")
                                                  + _fmt_values(r["got"], r["values"]))
                 out.append(f"| {c['name']} | {mark} | {_cell(c['message'])} | {_cell(_fmt_values(c['got'], c['values']))} "
-                           f"| {_cell(_fmt(c['expected']))} | {_cell(ref_txt)} |")
+                           f"| {_cell(_fmt(c['expected']))} | {_cell(ref_txt)} | {_cell(_grader_txt(c))} |")
         elif lab["status"] != "not_started":
             out += ["", "No checks ran."]
         if lab["errors"]:
@@ -133,6 +157,29 @@ def render_markdown(report: dict[str, Any]) -> str:
             out += _quote(a["reference"] or "*(no reference answer in the solution)*")
         out.append("")
     return "\n".join(out)
+
+
+def _grader_txt(c: dict[str, Any]) -> str:
+    if "decided" not in c:                   # a grade.json from before the grader's probes
+        return "—"
+    said = ("" if c["decided"] == "grader" else "decided in the notebook: ") + (c.get("grader") or "")
+    return "; ".join([said, *c.get("notes", [])])
+
+
+def _probe_lines(lab: dict[str, Any]) -> list[str]:
+    probe = lab.get("probe")
+    if not probe:
+        return [] if not lab["checks"] or "decided" not in lab["checks"][0] else [
+            "Grader's probe: none for this lab (no solution notebook, or no probes in course/probe_table.py): "
+            "every check is decided in the notebook."]
+    if probe.get("answered"):
+        line = f"Grader's probe: answered by the kernel (inputs from seed {probe['seed']})."
+    else:
+        line = f"Grader's probe: **no answer** ({probe.get('error') or 'the notebook did not run'})."
+    by_notebook = [c["name"] for c in lab["checks"] if c.get("decided") == "notebook" and c.get("counted", True)]
+    if by_notebook:
+        line += f" Decided in the notebook (no probe or no reference): {', '.join(by_notebook)}."
+    return [line]
 
 
 def _quote(text: str) -> list[str]:

@@ -14,7 +14,13 @@ the report says which of these were enforced. The kernel writes its check record
 fails in any way (syntax error, exception, endless loop, dead kernel, unreadable file) is
 reported as such and grading goes on. The learner's files are never written to.
 
-The reference values come from running each solution notebook once per grading run, with the
+The marks come from the grader, not from the notebook: once a notebook's cells have run, the
+same kernel evaluates the learner's exercise objects on inputs drawn from a seed chosen now, and
+the grader compares them with the solution's code run in this process (course/probes.py,
+course/marks.py); a check passes only when the notebook's check and the grader agree, and
+tampering (a replaced ``checks.check``, forged records, a package object as an answer) is flagged.
+
+The solution-run column comes from running each solution notebook once per grading run, with the
 same machinery; the result is cached in ``.cache/grading/`` under a hash of the solution and of
 the course's and the package's source, so it is recomputed whenever either changes, and verified
 when read. Reports, the cache, the locks and the repository-tree digest: course/grade_files.py.
@@ -38,6 +44,7 @@ from typing import Any
 from .grade_files import GRADER_FILES  # noqa: F401  (re-exported: what grading writes, for the tests)
 from .grade_files import (AlreadyGrading, file_lock, learner_lock, read_cached, shorten, source_digest,
                           tree_changes, tree_digest, write_cached, write_private)
+from . import marks as mk
 from .grade_report import MARKS, gradebook_csv, render_feedback, render_markdown, summary_table
 from .notebooks import (ANSWER_PROMPT, answer_id, answer_text, cell_role, cell_source, exercise_cells_of_checks,
                         lab_id_of)
@@ -233,14 +240,27 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     solution_nb = _read_nb(sol_path) if sol_path else None
     lab_nb = _read_nb(lab_path) if lab_path else None
 
-    def finish(checks_by_name: dict[str, dict[str, Any]], records: list[dict[str, Any]]) -> dict[str, Any]:
-        # the solution run's checks, then the lab's (so a run that recorded nothing, without a
-        # solution run, still lists them), then any the learner's notebook added
+    plan = mk.plan(sol_path)
+
+    def finish(checks_by_name: dict[str, dict[str, Any]], records: list[dict[str, Any]],
+               decided: dict[str, Any] | None = None) -> dict[str, Any]:
+        # the solution run's checks, then the lab's and the probed ones (so a run that recorded
+        # nothing, without a solution run, still lists them), then any the learner's notebook added
         lab_names = list(exercise_cells_of_checks(lab_nb)) if lab_nb is not None else []
-        names = list(dict.fromkeys([*ref_checks, *lab_names, *checks_by_name]))
+        own = [*ref_checks, *lab_names, *(plan.probes if plan else [])]
+        names = list(dict.fromkeys([*own, *checks_by_name]))
+        decided = decided or {"verdicts": {}, "notes": {}, "flags": [], "forged": set(), "probe": None}
+        report["probe"] = decided["probe"]
+        flags.extend(decided["flags"])
         for name in names:
             mine, ref = checks_by_name.get(name), ref_checks.get(name)
-            state = _state_of(mine, name in untouched)
+            verdict = decided["verdicts"].get(name)
+            state, flag = mk.combine(lab_id, name, _state_of(mine, name in untouched), verdict)
+            if flag and mine is not None and verdict is not None:
+                flags.append(flag)     # the learner reads why too, without the solution's value
+                mine = {**mine, "message": "passed in your notebook, but not on the grader's own inputs ("
+                                           f"{verdict.get('learner', verdict['why'])})"}
+            counted = name in own and name not in decided["forged"]
             if mine is not None and state == "wrong" and mine.get("state") == "not_attempted":
                 mine = {**mine, "message": "your exercise cell was edited but raised an error before defining "
                                            "what this check uses (see the cells that raised an error)"}
@@ -253,10 +273,21 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                 "got": mine.get("got") if mine else None, "expected": mine.get("expected") if mine else None,
                 "values": mine.get("values", {}) if mine else {},
                 "reference": None if ref is None else {"passed": ref["passed"], "got": ref.get("got"),
-                                                       "values": ref.get("values", {})}})
-        report["passed"] = sum(c["state"] == "passed" for c in report["checks"])
-        report["states"] = {st: sum(c["state"] == st for c in report["checks"]) for st in STATES}
-        report["total"] = len(report["checks"])
+                                                       "values": ref.get("values", {})},
+                "decided": verdict["decided"] if verdict else "notebook",
+                "grader": verdict["why"] if verdict else ("no probe: not a check of the lab" if not counted
+                                                          else "no probe for this check"),
+                "notes": decided["notes"].get(name, []), "counted": counted})
+        counted_checks = [c for c in report["checks"] if c["counted"]]
+        by_design = plan.decided_in_notebook if plan else {}
+        unprobed = [c["name"] for c in counted_checks if c["state"] == "passed" and c["decided"] == "notebook"
+                    and c["name"] not in by_design]
+        if unprobed:      # marks a notebook could have forged: the instructor must know which
+            flags.append(f"lab {lab_id}: passed in the notebook with no probe of the grader (no solution "
+                         f"notebook, or no probe or reference for them): {', '.join(unprobed)}")
+        report["passed"] = sum(c["state"] == "passed" for c in counted_checks)
+        report["states"] = {st: sum(c["state"] == st for c in counted_checks) for st in STATES}
+        report["total"] = len(counted_checks)
         report["hints_asked"] = sorted({r["name"] for r in records if r.get("kind") == "hint"})
         return report
 
@@ -287,7 +318,7 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
                               notebook_timeout=opts.notebook_timeout, kernel_name=opts.kernel_name,
                               profile=str(profile) if profile.is_file() else "",
                               isolation=detect_isolation(opts.network_isolation, opts.sandbox),
-                              confine=_confined_roots(root))
+                              confine=_confined_roots(root), probe=plan.cell if plan and plan.probes else None)
     exercise_ids = {c.get("id") for c in (lab_nb or {}).get("cells", []) if cell_role(c) == "exercise"}
     cells = (learner_nb or {}).get("cells", [])
     for entry in ex.cells:
@@ -306,7 +337,9 @@ def _grade_lab(lab_id: str, learner_nb_path: Path | None, learner_home: Path, ro
     report["fallbacks"] = sorted({r["name"] for r in ex.records if r.get("kind") == "fallback"})
     report.update(status=ex.status, message=ex.message, runtime_s=ex.runtime_s,
                   hardware=_hardware(ex), isolation=ex.isolation)
-    return finish(ex.checks(), ex.records)
+    decided = mk.decide(plan, lab_id, solution_nb, learner_nb, ex.probe, ex.records, ex.cells,
+                        ran=ex.status not in ("unreadable", "failed_to_start", "worker_died")) if plan else None
+    return finish(ex.checks(), ex.records, decided)
 
 
 def grade_learner(name: str, root: str | os.PathLike[str] = ROOT, opts: GradeOptions | None = None,

@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kernel", default="python3")
     p.add_argument("--cell-timeout", type=float, default=300)
     p.add_argument("--notebook-timeout", type=float, default=900)
+    p.add_argument("--probe", action="store_true",
+                   help="after the last cell, wait for the grader's <scratch>/probe.json and run it as one more cell")
     a = p.parse_args(sys.argv[1:] if argv is None else argv)
     scratch = Path(a.scratch)
     status: dict[str, Any] = {"status": "running", "message": "", "cells": [], "kernel_pid": None}
@@ -125,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 status.update(status="completed", message="ran to the end")
             save()
+            if a.probe and status["status"] in ("completed", "notebook_timeout"):
+                status["probe"] = _run_probe(client, nb, scratch, errors, save, status, a.cell_timeout)
+            save()
     except DeadKernelError:
         if status["status"] == "running":
             status.update(status="kernel_died", message="the kernel died while starting")
@@ -138,6 +143,48 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:
         pass
     return 0
+
+
+def _run_probe(client: Any, nb: Any, scratch: Path, errors: dict[int, dict[str, Any]], save: Any,
+               status: dict[str, Any], cell_timeout: float) -> dict[str, Any]:
+    """The grader's probe, in the same kernel once the notebook's cells are done. The grader writes
+    probe.json only when this process says it is waiting, so the notebook's cells never see its seed."""
+    import nbformat
+    from nbclient.exceptions import DeadKernelError
+    status["awaiting_probe"] = True
+    save()
+    path, deadline = scratch / "probe.json", time.monotonic() + 60
+    while not path.is_file():
+        if time.monotonic() > deadline:
+            return {"error": "the grader sent no probe"}
+        time.sleep(0.05)
+    try:
+        probe = json.loads(path.read_text())
+        path.unlink()
+    except (OSError, ValueError) as exc:
+        return {"error": f"the probe could not be read ({type(exc).__name__})"}
+    cell = nbformat.v4.new_code_cell(probe["source"])
+    nb.cells.append(cell)
+    index = len(nb.cells) - 1
+    client.timeout = max(1, int(min(cell_timeout, 120)))
+    try:
+        client.execute_cell(cell, index)
+    except DeadKernelError:
+        return {"error": "the kernel died during the grader's probe"}
+    except Exception as exc:    # a timeout: the kernel is busy with something the notebook left running
+        return {"error": f"the grader's probe did not finish ({type(exc).__name__})"}
+    finally:
+        nb.cells.pop()
+    if index in errors:
+        return {"error": f"the grader's probe raised {errors[index]['ename']}: {errors[index]['evalue']}"}
+    text = "".join(o.get("text", "") for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+    for line in text.splitlines():
+        if line.startswith(probe["token"]):
+            try:
+                return {"answer": json.loads(line[len(probe["token"]):])}
+            except (ValueError, RecursionError):     # the kernel's answer is untrusted text
+                break
+    return {"error": "the kernel's answer to the grader's probe was missing or unreadable"}
 
 
 if __name__ == "__main__":

@@ -92,6 +92,7 @@ class Execution:
     cells: list[dict[str, Any]] = field(default_factory=list)    # per executed code cell
     records: list[dict[str, Any]] = field(default_factory=list)  # from the checks file
     isolation: str = ""
+    probe: dict[str, Any] | None = None   # the grader's probe: {"answer": ...} or {"error": ...}
 
     @property
     def env(self) -> dict[str, Any] | None:
@@ -127,12 +128,15 @@ def _child_env(checks_file: Path, profile: str, scratch: Path) -> dict[str, str]
 def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str] | None = None,
                      cell_timeout: float = 300, notebook_timeout: float = 900,
                      kernel_name: str = "python3", profile: str = "",
-                     isolation: Isolation | None = None, confine: list[Path] | None = None) -> Execution:
+                     isolation: Isolation | None = None, confine: list[Path] | None = None,
+                     probe: tuple[str, str] | None = None) -> Execution:
     """Execute the notebook at ``path`` (a copy: its outputs are not written back) in a fresh
     kernel run by a worker subprocess; every failure becomes an Execution status, never an
     exception. ``cwd`` defaults to the notebook's folder; ``profile`` sets $MINIGPT_PROFILE.
     ``confine``: the course folders whose solutions/, learners/, ... the run must not see, used
-    when ``isolation`` has a mount namespace (detect_isolation(confine=True))."""
+    when ``isolation`` has a mount namespace (detect_isolation(confine=True)). ``probe``: (source,
+    token) of the grader's cell (course/probes.py), written for the worker only once it says that
+    the notebook's cells are done."""
     path = Path(path).resolve()
     cwd = Path(cwd).resolve() if cwd is not None else path.parent
     isolation = isolation if isolation is not None else detect_isolation()
@@ -145,25 +149,23 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
         how, jail = f"{how}; sandbox: {describe(spec)}", jail_command(spec)
     cmd = [*isolation.prefix, *jail, sys.executable, "-I", str(Path(__file__).with_name("nbrun.py")), str(path),
            "--cwd", str(cwd), "--scratch", str(scratch), "--kernel", kernel_name,
-           "--cell-timeout", str(cell_timeout), "--notebook-timeout", str(notebook_timeout)]
+           "--cell-timeout", str(cell_timeout), "--notebook-timeout", str(notebook_timeout),
+           *(["--probe"] if probe else [])]
     start = time.monotonic()
-    killed = False
     limit = process_limit().__enter__() if jail else None      # a pids cgroup, where one is writable
     if limit is not None and limit.group is None:
         how = f"{how}; {limit.how}"        # (the sandbox line promised a limit this run did not get)
-    proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(checks_file, profile, scratch),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-                            preexec_fn=limit.enter if limit is not None and limit.group else None)
-    try:
-        output, _ = proc.communicate(timeout=notebook_timeout + 90)  # + kernel start-up and shutdown
-    except subprocess.TimeoutExpired:
-        killed = True
-        _kill_group(proc.pid)
-        output, _ = proc.communicate()
+    with open(scratch / "worker.log", "wb") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=_child_env(checks_file, profile, scratch),
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=limit.enter if limit is not None and limit.group else None)
+        # + kernel start-up and shutdown, and the probe
+        killed = _wait(proc, start + notebook_timeout + 90 + (120 if probe else 0), status_file, probe)
+    output = (scratch / "worker.log").read_bytes()
     runtime = time.monotonic() - start
     try:
         status = json.loads(status_file.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError, RecursionError):   # the kernel can write there: never trust its shape
         status = {}
     kernel_pid = status.get("kernel_pid")
     # the worker died mid-notebook (killed by the notebook it ran, or out of memory)
@@ -187,7 +189,33 @@ def execute_notebook(path: str | os.PathLike[str], *, cwd: str | os.PathLike[str
         st, msg = "failed_to_start", f"the grading worker failed (exit code {proc.returncode}): {tail}"
     else:
         st, msg = status["status"], status.get("message", "")
-    return Execution(st, msg, round(runtime, 2), status.get("cells", []), records, how)
+    return Execution(st, msg, round(runtime, 2), status.get("cells", []), records, how,
+                     status.get("probe") if probe and not worker_died and not killed else None)
+
+
+def _wait(proc: subprocess.Popen, deadline: float, status_file: Path, probe: tuple[str, str] | None) -> bool:
+    """Wait for the worker; hand it the probe when it asks; True if it had to be killed."""
+    sent = probe is None
+    while True:
+        try:
+            proc.wait(timeout=0.1)
+            return False
+        except subprocess.TimeoutExpired:
+            pass
+        if time.monotonic() > deadline:
+            _kill_group(proc.pid)
+            proc.wait()
+            return True
+        if not sent:
+            try:
+                asked = json.loads(status_file.read_text()).get("awaiting_probe")
+            except (OSError, ValueError, RecursionError, AttributeError):
+                asked = False
+            if asked:
+                tmp = status_file.with_name("probe.json.tmp")
+                tmp.write_text(json.dumps({"source": probe[0], "token": probe[1]}))
+                os.replace(tmp, status_file.with_name("probe.json"))
+                sent = True
 
 
 def _worker_death(returncode: int | None, cell: dict[str, Any] | None) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -319,6 +320,118 @@ def test_cache_entries_that_are_links_or_for_another_key_are_not_used(tmp_path):
     assert read_cached(tmp_path / "absent.json", "k" * 64) == (None, "")
     (tmp_path / "link.json").symlink_to(entry)
     assert read_cached(tmp_path / "link.json", "k" * 64) == (None, "link.json is a link, ignored and recomputed")
+
+
+# ------------------------------------------------------------------ parts 1 and 3: marks come from the grader
+def splice_marks_attack(root: Path, name: str, attack: str, **fill: str) -> None:
+    """Like splice, but a cell of the attack with metadata ``minigpt_attack: {"replace_exercise": n}``
+    replaces the learner's exercise n, and one with ``{"at": "end"}`` goes before the lab's last cell."""
+    splice(root, name, "kill-worker", PIDFILE="/dev/null")     # learner, lab 02 solved
+    labs = root / "learners" / name / "labs"
+    nb = read(root / "labs" / LAB1)
+    exercises = [i for i, c in enumerate(nb["cells"]) if grading.cell_role(c) == "exercise"]
+    before, end = [], []
+    for c in (c for c in read(ATTACKS / f"{attack}.ipynb")["cells"] if c["cell_type"] == "code"):
+        src = "".join(c["source"])
+        for key, value in fill.items():
+            src = src.replace(f"@@{key}@@", value)
+        where = c["metadata"].get("minigpt_attack", {})
+        if "replace_exercise" in where:
+            nb["cells"][exercises[where["replace_exercise"]]]["source"] = src
+        else:
+            (end if where.get("at") == "end" else before).append({**c, "source": src})
+    nb["cells"][-1:-1] = end
+    nb["cells"][2:2] = before
+    (labs / LAB1).write_text(json.dumps(nb), encoding="utf-8")
+
+
+def grade_attack(root: Path, name: str, attack: str, **kw) -> tuple[dict, str]:
+    splice_marks_attack(root, name, attack, ROOT=str(root))
+    report = grading.grade_learner(name, root, options(root, **kw))
+    assert_no_marks_from_lab1_and_lab2_graded(report)
+    assert lab(report, "01")["probe"]["answered"] and lab(report, "02")["probe"]["answered"]
+    assert all(c["decided"] == "grader" for c in lab(report, "02")["checks"])
+    assert report["repository_unchanged"], report["changed_files"]
+    md = (root / "learners" / name / "grade.md").read_text(encoding="utf-8")
+    assert "## Flags" in md or sandboxed() and attack == "exec-solution"
+    return report, md
+
+
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_execing_the_solutions_cells_gains_nothing(course, sandbox):
+    """In the sandbox the solutions are not there to read; without it the probe passes the copied
+    function, so the grader also compares compiled code: the solution's, defined outside the
+    notebook's cells, is flagged and not counted."""
+    root, _ = course
+    report, md = grade_attack(root, f"execsol{int(sandbox)}", "exec-solution", sandbox=sandbox)
+    ex1 = checks_by_name(lab(report, "01"))["ex1-lora-params"]
+    if sandbox and sandboxed():
+        assert [e["ename"] for e in lab(report, "01")["errors"]][0] == "IndexError"
+        return
+    assert ex1["state"] == "wrong" and "the solution's code, verbatim, defined outside" in ex1["grader"]
+    assert "01 ex1-lora-params: `lora_params` is the solution's code, verbatim" in md
+    assert [f for f in report["flags"] if "ex1-lora-params" in f] == [
+        f"lab 01 ex1-lora-params: {ex1['grader']}; not counted"]        # once, not again as "passed in the notebook"
+
+
+def test_the_packages_own_objects_in_place_of_an_answer_are_flagged_by_name(course):
+    root, _ = course
+    report, md = grade_attack(root, "pkgref", "package-reference")
+    checks = checks_by_name(lab(report, "01"))
+    assert "is the package's own minigpt.model.parameter_count" in checks["ex1-lora-params"]["grader"]
+    assert "only calls the package's minigpt.nf4.nf4_nbytes" in checks["ex3-qv-params"]["grader"]
+    assert "`lora_params` is the package's own minigpt.model.parameter_count" in md
+    assert "`qv_params` only calls the package's minigpt.nf4.nf4_nbytes" in md
+
+
+def test_replacing_checks_check_gains_nothing_and_is_flagged(course):
+    root, _ = course
+    report, md = grade_attack(root, "replacer", "replace-check")
+    l1 = lab(report, "01")
+    assert {c["name"]: c["state"] for c in l1["checks"]} == dict.fromkeys(LAB1_CHECKS, "wrong")
+    assert any("the notebook replaced course.checks.check" in f for f in report["flags"])
+    assert "passed in the notebook, but the grader's probe fails" in md
+
+
+def test_forged_records_in_the_checks_file_gain_nothing_and_are_flagged(course):
+    root, _ = course
+    report, md = grade_attack(root, "forger", "forge-records")
+    l1 = lab(report, "01")
+    assert (l1["passed"], l1["total"]) == (0, 3)
+    bonus = checks_by_name(l1)["ex9-bonus"]
+    assert bonus["counted"] is False and bonus["state"] == "passed"      # shown, never counted
+    assert any("records for ex9-bonus, which no cell of the notebook checks" in f for f in report["flags"])
+    assert any("more check records than check cells ran: ex1-lora-params (2 records" in f for f in report["flags"])
+    assert "not counted" in md
+
+
+def test_answers_hard_coded_for_the_notebooks_inputs_fail_the_graders_fresh_inputs(course):
+    root, _ = course
+    report, md = grade_attack(root, "hardcoder", "hard-coded")
+    checks = checks_by_name(lab(report, "01"))
+    assert checks["ex1-lora-params"]["ran"] and checks["ex1-lora-params"]["state"] == "wrong"
+    assert checks["ex1-lora-params"]["grader"].startswith("raised KeyError")
+    assert checks["ex3-qv-params"]["grader"].startswith("on the grader's input [")
+    assert "01 ex1-lora-params: passed in the notebook, but the grader's probe fails" in md
+    feedback = (root / "learners" / "hardcoder" / "feedback.md").read_text(encoding="utf-8")
+    assert "| ex3-qv-params | ✘ wrong | passed in your notebook, but not on the grader's own inputs (on the " \
+           "grader's input [" in feedback
+    assert "the solution gives" not in feedback and "the solution gives" in md
+
+
+def test_without_a_solution_to_probe_against_the_notebooks_marks_are_flagged(tmp_path):
+    """No solutions/ (an instructor grading with the labs only): nothing for the grader to compute a
+    reference from, so the marks are the notebook's own, and grade.md says which they are."""
+    root = tmp_path / "course"
+    build_course(root)
+    shutil.rmtree(root / "solutions")
+    report = grading.grade_learner("alice", root, options(root))
+    assert (report["passed"], report["total"]) == (6, 6)
+    assert [f.split(":")[0] for f in report["flags"]] == ["lab 01", "lab 02"]
+    assert report["flags"][0].endswith("no probe or reference for them): ex1-lora-params, ex2-adapter-bytes, "
+                                       "ex3-qv-params")
+    md = (root / "learners" / "alice" / "grade.md").read_text(encoding="utf-8")
+    assert "Grader's probe: none for this lab" in md
 
 
 def test_a_fork_bomb_stops_at_the_process_limit_or_the_report_says_there_is_none(course):

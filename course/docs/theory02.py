@@ -33,7 +33,47 @@ def figures() -> dict[str, str]:
     q8 = lora_parameter_count([(d, d)], 8)            # one (in, out) shape, closed form
     f["lora.q7b.r8"] = num(q8)
     f["lora.q7b.ratio"] = pct(q8 / (d * d))
+    f.update(minilm_figures())
     return f
+
+
+def minilm_runs() -> dict:
+    """The committed results of `make benchmark-minilm` (benchmarks/bench_minilm.py)."""
+    import json
+    from minigpt.paths import ROOT
+    return json.loads((ROOT / "benchmarks" / "results" / "minilm.json").read_text(encoding="utf-8"))
+
+
+def minilm_figures() -> dict[str, str]:
+    d = minilm_runs()
+    m, st = d["methods"], d["settings"]
+    n = m["full"]["params"]
+    f = {"minilm.train": num(st["train_reviews"]), "minilm.test": num(d["baseline"]["test_reviews"]),
+         "minilm.lora.share": pct(m["lora"]["trainable_params"] / n),
+         "minilm.lora.gap": f"{100 * (m['full']['accuracy'] - m['lora']['accuracy']):.1f}",
+         "minilm.qlora.gap": f"{100 * (m['lora']['accuracy'] - m['qlora']['accuracy']):.1f}",
+         "minilm.majority": pct(d["baseline"]["majority"], 1),
+         "minilm.machine": f"{d['machine']['cpu']}, {d['machine']['cores']} cores, torch "
+                           f"{d['versions']['torch']}, {d['date_utc'][:10]}"}
+    return f
+
+
+def t_minilm(lang: str) -> str:
+    from .fmt import mib
+    d = minilm_runs()
+    m, n = d["methods"], d["methods"]["full"]["params"]
+    names = {"full": ("full fine-tuning", "ajuste completo"), "lora": ("LoRA (`minigpt.lora`)", "LoRA (`minigpt.lora`)"),
+             "peft-lora": ("LoRA (`peft`)", "LoRA (`peft`)"), "qlora": ("QLoRA (`minigpt.nf4` base)", "QLoRA (base `minigpt.nf4`)"),
+             "qlora-bnb": ("QLoRA (`bitsandbytes` base)", "QLoRA (base `bitsandbytes`)")}
+    rows = [[tr(lang, "majority class", "clase mayoritaria"), pct(d["baseline"]["majority"], 1), "—", "—"],
+            [tr(lang, "untrained classifier", "clasificador sin entrenar"), pct(d["baseline"]["untrained"], 1), "—", "—"]]
+    for k, v in m.items():
+        rows.append([tr(lang, *names[k]), pct(v["accuracy"], 1), f"{num(v['trainable_params'])} ({pct(v['trainable_params'] / n)})",
+                     mib(v["memory"]["peak"], 1)])
+    head = [tr(lang, "method", "método"), tr(lang, "test accuracy", "exactitud en test"),
+            tr(lang, "trainable parameters", "parámetros entrenables"),
+            tr(lang, "peak of one step (tracked)", "pico de un paso (rastreado)")]
+    return table(head, rows, "lrrr")
 
 
 def t_nlora(lang: str) -> str:
@@ -46,4 +86,4 @@ def t_nlora(lang: str) -> str:
     return table(head, rows)
 
 
-TABLES = {"table.nlora": t_nlora}
+TABLES = {"table.nlora": t_nlora, "table.minilm": t_minilm}

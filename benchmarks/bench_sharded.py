@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 
 from minigpt.memory.buckets import fmt_error
-from minigpt.memory.distributed import MODES, estimate_rank, run_sharded
+from minigpt.memory.distributed import MODES, estimate_rank, rank_model_state, run_sharded
 
 MODEL, BATCH, SEQ, STEPS = "pretrained", 4, 64, 3
 OUT = Path(__file__).resolve().parent / "results" / "sharded_cpu.json"
@@ -50,13 +50,10 @@ def rows(worlds=(1, 2)) -> list[dict]:
         for world in worlds:
             for r in run_sharded(MODEL, mode, world=world, batch=BATCH, seq=SEQ, steps=STEPS):
                 est = estimate_rank(mode, MODEL, world, r.rank, BATCH, SEQ)
-                ms = est.model_state
                 out.append(dict(mode=mode, world=world, rank=r.rank,
                                 measured=dict(model_state=r.model_state, peak=r.peak, peak_phase=r.peak_phase,
                                               peak_buckets=r.peak_buckets, peaks=r.peaks, losses=r.losses),
-                                estimated=dict(model_state={"weights": ms["weights_trainable"] + ms["weights_frozen"],
-                                                            "gradients": ms["gradients"],
-                                                            "optimizer": ms["optimizer"]},
+                                estimated=dict(model_state=rank_model_state(est),
                                                peak=est.peak, peak_phase=est.peak_phase,
                                                communication=est.communication)))
     return out

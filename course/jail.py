@@ -135,9 +135,14 @@ def setup(spec: dict) -> None:
     _mount(None, "/", None, MS_REC | MS_PRIVATE)      # nothing done here leaks back to the host
     if spec.get("allow"):
         _new_root(spec)
-        for name, value in spec.get("limits", {}).items():
-            resource.setrlimit(getattr(resource, name), (int(value), int(value)))
-        return
+    else:
+        _narrow_in_place(spec)
+    for name, value in spec.get("limits", {}).items():
+        resource.setrlimit(getattr(resource, name), (int(value), int(value)))
+
+
+def _narrow_in_place(spec: dict) -> None:
+    """Without an allow-list: the host's tree, read-only, with the hidden folders covered."""
     keep = {}
     for k in map(os.path.realpath, spec.get("keep", [])):
         _mount(k, k, None, MS_BIND | MS_REC)          # its own mount: stays writable when "/" is not
@@ -155,8 +160,6 @@ def setup(spec: dict) -> None:
             _fresh_tmpfs(folder, keep)
     for fd in keep.values():
         os.close(fd)
-    for name, value in spec.get("limits", {}).items():
-        resource.setrlimit(getattr(resource, name), (int(value), int(value)))
 
 
 def main(argv: list[str]) -> int:

@@ -74,8 +74,7 @@ class DistTracker(TensorTracker):
                     rec = self._find(_storage(t))
                     # weights, gradients and the optimizer's state keep their own bucket
                     if rec is not None and rec.bucket in ("temporaries", "weight_copies"):
-                        self._retag(rec, COMM)
-            self._update_peak()
+                        self._retag(rec, COMM)   # (a retag moves bytes, the total stays)
         return out
 
 
@@ -292,6 +291,14 @@ def estimate_rank(mode: str, model: str, world: int, rank: int, batch: int, seq:
     from .estimate import estimate
     return estimate("small" if model == "pretrained" else model, batch=batch, seq=seq, semantics="cpu", gpus=world, rank_index=rank,
                     **ESTIMATE_ARGS[mode])
+
+
+def rank_model_state(est) -> dict:
+    """An Estimate's model states in RankResult.model_state's terms: weights (trainable and frozen
+    together, as a rank's storage), gradients, optimizer."""
+    ms = est.model_state
+    return {"weights": ms["weights_trainable"] + ms["weights_frozen"], "gradients": ms["gradients"],
+            "optimizer": ms["optimizer"]}
 
 
 def with_communication(est) -> dict:

@@ -96,35 +96,25 @@ def shard_states(spec: ModelSpec, st: _States, precision: str, optimizer: str, s
             st.optimizer, st.paged = optimizer_bytes(mine, precision, optimizer, semantics)
         return None
     # FSDP2: per-tensor dim-0 shards
-    rows = {t.name: t.dim0 for t in parameter_inventory(spec)}
+    inventory = parameter_inventory(spec)
+    params = [t for t in inventory if not t.kind.startswith("buffer")]   # buffers are not sharded
     names = {name for name, _, _ in trainable}
     plan = FsdpPlan(gpus)
-    weights_t = weights_f = 0
-    local_trainable = []
-    for t in parameter_inventory(spec):
-        if t.kind.startswith("buffer"):
-            continue                      # buffers are not sharded (they stay in weights_frozen)
+    local_trainable: list = []
+    for t in params:
         _add_unit(plan, t.name, t.numel, t.dim0, wb, gpus, rank, t.name in names, local_trainable)
-        if t.name in names:
-            weights_t += _padded(t.numel, t.dim0, gpus) * wb
-        else:
-            weights_f += _padded(t.numel, t.dim0, gpus) * wb
+    known = {t.name for t in params}
     for name, n, b in trainable:          # LoRA adapters: A is (r, in), B is (out, r)
-        if name in rows:
-            continue
-        r_ = n // _lora_cols(name, n, st) if name.endswith((".A", ".B")) else n
-        _add_unit(plan, name, n, r_, b, gpus, rank, True, local_trainable)
-        weights_t += _padded(n, r_, gpus) * b
-    buffers = st.weights_frozen - sum(t.numel for t in parameter_inventory(spec)
-                                      if not t.kind.startswith("buffer") and t.name not in names) * wb
-    st.weights_trainable, st.weights_frozen = weights_t, weights_f + buffers
-    st.gradients = weights_t
+        if name not in known:
+            r_ = n // _lora_cols(name, n, st) if name.endswith((".A", ".B")) else n
+            _add_unit(plan, name, n, r_, b, gpus, rank, True, local_trainable)
+    # the buffers stay whole in weights_frozen: what model_states counted beyond the frozen parameters
+    buffers = st.weights_frozen - sum(t.numel for t in params if t.name not in names) * wb
+    st.weights_trainable = sum(plan.trainable_shard.values())
+    st.weights_frozen = sum(plan.shard.values()) - st.weights_trainable + buffers
+    st.gradients = st.weights_trainable
     st.optimizer, st.paged = optimizer_bytes(local_trainable, precision, optimizer, semantics)
     return plan
-
-
-def _padded(numel: int, rows: int, world: int) -> int:
-    return -(-rows // world) * (numel // rows)
 
 
 def _lora_cols(name: str, n: int, st: _States) -> int:

@@ -31,13 +31,16 @@ def step_memory(method: str, batch: dict, seed: int = 0) -> MemoryReport:
 
 
 def estimated_memory(method: str, batch_size: int, seq: int, lora: LoRASettings = LORA) -> "Estimate":
-    """The estimator's prediction for the same step (CPU semantics, fp32, AdamW, the model's dropout)."""
+    """The estimator's prediction for the same step (CPU semantics, fp32, AdamW, the model's dropout,
+    the adapters' ``lora.dropout``)."""
     from .encoder import load_encoder
     from .memory.estimate import estimate
     cfg = load_encoder().config
     cfg.num_labels = 2
-    return estimate(cfg, method=_ESTIMATOR_METHOD[method], rank=lora.r, alpha=lora.alpha,
-                    targets=list(lora.targets), batch=batch_size, seq=seq, semantics="cpu")
+    est_method = _ESTIMATOR_METHOD[method]
+    return estimate(cfg, method=est_method, rank=lora.r, alpha=lora.alpha, targets=list(lora.targets),
+                    batch=batch_size, seq=seq, semantics="cpu",
+                    lora_dropout=lora.dropout if est_method != "full" else 0.0)
 
 
 def padding_memory(tokenizer, ds, batch_size: int = 16, fixed: int = MAX_LENGTH, method: str = "lora",

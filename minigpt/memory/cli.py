@@ -86,7 +86,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
-    p.add_argument("--dropout", type=_prob, default=None)
+    p.add_argument("--dropout", type=_prob, default=None, help="the model's own dropout (default: its config's)")
+    p.add_argument("--lora-dropout", type=_prob, default=0.0, help="dropout on each adapter's input (lora, qlora)")
     p.add_argument("--batch", type=_pos_int, default=1)
     p.add_argument("--seq", type=_pos_int, default=128)
     p.add_argument("--checkpointing", action="store_true")
@@ -109,7 +110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     a = parser.parse_args(argv)
     kwargs = dict(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, targets=a.targets,
                   double_quant=a.double_quant, precision=a.precision, optimizer=a.optimizer,
-                  attention=a.attention, dropout=a.dropout, batch=a.batch, seq=a.seq,
+                  attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch, seq=a.seq,
                   checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero)
     if a.command != "estimate" and (a.sharding != "flat" or a.rank_index):
         parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "

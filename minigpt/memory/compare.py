@@ -40,7 +40,7 @@ def dropout_overrides(name: str, dropout: Optional[float]) -> dict:
 def build_factory(name: str, method: str = "full", rank: int = 8, alpha: float = 16.0,
                   targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
                   attention: str = "sdpa", dropout: Optional[float] = None, seed: int = 0,
-                  **overrides) -> Callable:
+                  lora_dropout: float = 0.0, **overrides) -> Callable:
     """A zero-argument builder of the model ``estimate`` describes, for measure_step:
     zoo.build, then (qlora) minigpt.nf4.quantize_model (the heads stay unquantised), then (lora,
     qlora) minigpt.lora.apply_lora with a classification head trained in full."""
@@ -61,7 +61,7 @@ def build_factory(name: str, method: str = "full", rank: int = 8, alpha: float =
             quantize_model(model, skip=("lm_head", "classifier"), double_quant=double_quant,
                            compute_dtype=compute)
         if method in ("lora", "qlora"):
-            apply_lora(model, rank, alpha, targets=tg, trainable=trainable)
+            apply_lora(model, rank, alpha, dropout=lora_dropout, targets=tg, trainable=trainable)
         return model
     make.__name__ = f"build_{name}_{method}"
     return make
@@ -87,7 +87,7 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
             targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
             optimizer: str = "adamw", attention: str = "sdpa", dropout: Optional[float] = None,
             batch: int = 1, seq: int = 128, checkpointing: bool = False, mode: str = "fake",
-            semantics: str = "cuda", gpus: int = 1, zero: int = 0, **overrides):
+            semantics: str = "cuda", gpus: int = 1, zero: int = 0, lora_dropout: float = 0.0, **overrides):
     """measure_step on the model ``estimate`` would describe with the same arguments."""
     from . import zoo
     from .measure import measure_step
@@ -96,9 +96,9 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
     _measure_args_check(precision, optimizer, gpus, zero, method)
     # the estimator validates everything else (and we fail before building anything)
     estimate(model, method, rank, alpha, targets, double_quant, precision, optimizer, attention, dropout,
-             batch, seq, checkpointing, semantics, 1, 0, **overrides)
+             batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, **overrides)
     make = build_factory(model, method, rank, alpha, targets, double_quant, precision, attention, dropout,
-                         **overrides)
+                         lora_dropout=lora_dropout, **overrides)
     vocab = {k: v for k, v in overrides.items() if k == "vocab_size"}
     batch_t = zoo.make_batch(model, batch, seq, **vocab)
     return measure_step(make, batch_t, optimizer=optimizer, precision=precision,
@@ -184,7 +184,7 @@ def accuracy_grid(models: Sequence[tuple[str, dict]] = DEFAULT_GRID_MODELS,
                   precisions: Sequence[str] = ("fp32", "amp-bf16", "amp-fp16", "bf16"),
                   seqs: Sequence[int] = (64, 256), checkpointing: Sequence[bool] = (False, True),
                   batch: int = 2, semantics: str = "cpu", mode: str = "fake", rank: int = 8,
-                  targets: str = "q,v", verbose: bool = False) -> list[dict]:
+                  targets: str = "q,v", verbose: bool = False, lora_dropout: float = 0.0) -> list[dict]:
     """Estimate against measure_step over a grid; one row per setup.
 
     Each row: the setup, estimated and measured peak (bytes), the peak error in percent, and
@@ -206,11 +206,14 @@ def accuracy_grid(models: Sequence[tuple[str, dict]] = DEFAULT_GRID_MODELS,
                     for ck in checkpointing:
                         args = dict(model=name, method=method, rank=rank, targets=targets, precision=prec,
                                     batch=batch, seq=seq, checkpointing=ck, semantics=semantics, **over)
+                        if method != "full":
+                            args["lora_dropout"] = lora_dropout
                         t0 = time.perf_counter()
                         est = estimate(**args)
                         rep = measure(mode=mode, **args)
                         ms = measured_model_state(rep)
                         row = dict(model=name + ("*" if over else ""), method=method, precision=prec,
+                                   lora_dropout=args.get("lora_dropout", 0.0),
                                    batch=batch, seq=seq, checkpointing=ck, semantics=semantics,
                                    estimated=est.peak, measured=rep.peak,
                                    error=(est.peak - rep.peak) / rep.peak * 100,

@@ -194,3 +194,16 @@ def test_qlora_with_minigpt_nf4_matches_bitsandbytes_and_peft_on_minilm(tokenize
         set_seed(1)        # the same dropout masks in both
         losses.append(model.train()(**batch).loss)
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-6, atol=0)
+
+
+def test_the_committed_estimates_are_todays_estimator():
+    """benchmarks/results/minilm.json shows the estimator beside each measured step: it must be
+    today's estimator (`python benchmarks/bench_minilm.py --refresh-estimates` rewrites it)."""
+    from minigpt.classify_memory import estimated_memory
+    from minigpt.paths import ROOT
+    d = json.loads((ROOT / "benchmarks" / "results" / "minilm.json").read_text())
+    mb = d["settings"]["memory_batch"]
+    for method, row in d["methods"].items():
+        est = estimated_memory(method, mb["batch_size"], mb["tokens"])
+        assert row["memory"]["estimated_peak"] == est.peak, method
+        assert abs(row["memory"]["estimate_error"]) <= 0.01, (method, row["memory"]["estimate_error"])

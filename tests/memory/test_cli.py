@@ -50,6 +50,23 @@ def test_estimate_json_has_integer_buckets_peak_and_configuration(capsys):
     assert d["peak"] == api.peak
 
 
+def test_lora_dropout_is_its_own_flag_and_adds_each_adapters_copy_and_mask(capsys):
+    base = ["estimate", "--model", "roberta-base", "--method", "lora", "--precision", "amp-bf16",
+            "--batch", "2", "--seq", "64", "--semantics", "cuda", "--json"]
+    runs = {}
+    for p in ("0", "0.1"):
+        code, out, _ = run(capsys, *base, "--lora-dropout", p)
+        assert code == 0
+        runs[p] = json.loads(out)
+    assert runs["0.1"]["config"]["lora_dropout"] == 0.1 and runs["0.1"]["config"]["dropout"] == 0.1
+    # q and v of 12 layers: autocast's bf16 copy that A's matmul saves is made per adapter with or
+    # without dropout (now of the dropped x); dropout adds a 1-byte CUDA mask per adapter, except in
+    # layer 0, whose input (the frozen embeddings' output) needs no gradient: no mask is kept
+    extra = runs["0.1"]["activations_end_of_forward"] - runs["0"]["activations_end_of_forward"]
+    n = 2 * 64 * 768
+    assert extra == 11 * 2 * n * 1
+
+
 def test_measure_and_compare_in_fake_mode(capsys):
     code, out, _ = run(capsys, "measure", "--model", "tiny", "--precision", "amp-bf16", "--batch", "2",
                        "--seq", "32", "--json")
@@ -75,6 +92,8 @@ def test_measure_and_compare_in_fake_mode(capsys):
     (["estimate", "--semantics", "rocm"], "choose from 'cpu', 'cuda'"),
     (["estimate", "--batch", "0"], "--batch: must be a positive integer"),
     (["estimate", "--dropout", "1"], "--dropout: must be a probability in [0, 1)"),
+    (["estimate", "--lora-dropout", "1"], "--lora-dropout: must be a probability in [0, 1)"),
+    (["estimate", "--lora-dropout", "0.1"], "lora_dropout applies to the adapters"),
     (["estimate", "--model", "gpt-5"], "use one of: tiny, small"),
     (["estimate", "--model", "small", "--seq", "999"], "use seq <= 128"),
     (["estimate", "--method", "lora", "--targets", "wq"], "matches no linear layer"),

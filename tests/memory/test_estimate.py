@@ -178,6 +178,7 @@ def test_sdpa_saves_less_than_eager_and_dropout_adds_masks():
     (dict(seq=4096), "seq"), (dict(dropout=1.5), "dropout"), (dict(model="gpt-5"), "model"),
     (dict(method="lora", rank=0), "rank"), (dict(method="lora", targets="foo"), "foo"),
     (dict(double_quant=True), "double_quant"), (dict(method="lora", rank=999), "rank"),
+    (dict(method="lora", lora_dropout=1.0), "lora_dropout"), (dict(lora_dropout=0.1), "lora_dropout"),
 ])
 def test_bad_arguments_get_one_sentence(kwargs, words):
     with pytest.raises(E.EstimateError) as err:
@@ -225,6 +226,15 @@ def grid():
                           checkpointing=(False, True), semantics="cpu", **small_all)
     rows += accuracy_grid(methods=("lora",), precisions=("amp-bf16",), checkpointing=(False, True),
                           semantics="cuda", **small_all)
+    # LoRA dropout (peft's lora_dropout): every adapter drops its own copy of its input and keeps
+    # it, with the mask, for backward; BERT (MiniLM-shaped, lab 02) and LLaMA, both semantics
+    minilm = dict(num_hidden_layers=2, hidden_size=384, num_attention_heads=12, intermediate_size=1536)
+    for sem in ("cpu", "cuda"):
+        rows += accuracy_grid(models=(("bert-large", minilm),), methods=("lora", "qlora"),
+                              precisions=("fp32", "amp-bf16"), seqs=(64,), checkpointing=(False,),
+                              semantics=sem, lora_dropout=0.1)
+        rows += accuracy_grid(models=(("llama-7b", llama),), methods=("lora",), precisions=("amp-bf16",),
+                              seqs=(64,), checkpointing=(True,), semantics=sem, lora_dropout=0.1)
     print("\n" + format_grid(rows))
     return rows
 
@@ -232,6 +242,10 @@ def grid():
 def test_model_state_buckets_equal_the_tracker_to_the_byte(grid):
     for r in grid:
         assert r["state_est"] == r["state_meas"], r
+
+
+def test_the_grid_covers_lora_dropout(grid):
+    assert {r["semantics"] for r in grid if r["lora_dropout"]} == {"cpu", "cuda"}
 
 
 def test_peak_within_2_percent_without_checkpointing(grid):

@@ -154,7 +154,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
              dropout: Optional[float] = None, batch: int = 1, seq: int = 128,
              checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
              head_trainable: bool = True, sharding: str = "flat", rank_index: int = 0,
-             **overrides) -> Estimate:
+             lora_dropout: float = 0.0, **overrides) -> Estimate:
     """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
 
     Args:
@@ -173,6 +173,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         attention: "sdpa" (fused kernel) or "eager" (materialises the T x T scores).
         dropout: probability for every dropout of the model; None keeps the model's default
             (MiniGPT 0, BERT/RoBERTa 0.1, LLaMA 0).
+        lora_dropout: dropout on each adapter's input (peft's ``lora_dropout``; 0 by default, as
+            in minigpt.lora and peft); it does not change the model's own dropout.
         batch, seq: batch size and sequence length (per GPU).
         checkpointing: gradient checkpointing of every block.
         semantics: "cuda" (what CUDA kernels hold: bool dropout masks, flash attention, CUDA's
@@ -200,8 +202,11 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
                                 or not 0.0 <= dropout < 1.0):
         raise EstimateError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
-    if zero and gpus == 1:
-        pass   # allowed: ZeRO over one GPU divides by 1
+    if (isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float))
+            or not 0.0 <= lora_dropout < 1.0):
+        raise EstimateError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}.")
+    if lora_dropout and method == "full":
+        raise EstimateError("lora_dropout applies to the adapters of method='lora' or 'qlora'; drop it for 'full'.")
     # the model, with its attention kernel and dropout
     name = model if isinstance(model, str) else getattr(model, "model_type", None) or type(model).__name__
     if isinstance(model, str):
@@ -242,7 +247,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             raise EstimateError(f"rank={rank} is too large for layer {n!r} ({fin} -> {fout}); use rank <= {min(fin, fout)}.")
     ctx = _Ctx(spec, batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
                method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
-               states.head_modules, checkpointing)
+               states.head_modules, checkpointing, float(lora_dropout))
     fw = forward_walk(ctx)
 
     # sharding (ZeRO): divide the model states each GPU keeps
@@ -305,6 +310,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                   targets=(tg if isinstance(tg, str) else ",".join(tg)) if method != "full" else None,
                   double_quant=bool(double_quant), precision=precision, optimizer=optimizer,
                   attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
+                  lora_dropout=float(lora_dropout) if method != "full" else None,
                   batch=batch, seq=seq, checkpointing=bool(checkpointing), semantics=semantics,
                   gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index)
     model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,

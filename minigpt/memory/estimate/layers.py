@@ -87,6 +87,9 @@ class _Walk(_WalkCore):
         self._keep = [*(outer or ()), x, y]
         xa = self.cast(x, ab)              # x.to(A.dtype): an fp32 copy of a 16-bit x (not saved)
         self._keep.append(xa)
+        # lora_dropout(x): every adapter makes its own dropped copy (and its mask), even q and v
+        # that read the same x, and A's matmul saves that copy instead of x
+        xa = self.dropout(xa, c.lora_p)
         ka, kb = name + ".A", name + ".B"
         if c.amp:
             xl = self.cast(xa, 2)          # autocast: the 16-bit copy the matmul saves

@@ -50,6 +50,7 @@ class _Ctx:
     nf4: frozenset          # NF4 Linear names
     trainable_mods: tuple
     checkpointing: bool = False
+    lora_p: float = 0.0     # LoRA dropout on each adapter's input (minigpt.lora / peft lora_dropout)
 
     @property
     def N(self) -> int:

@@ -193,9 +193,14 @@ def sdpa_backend(spec: GpuSpec, dtype: torch.dtype, head_dim: int, has_mask: boo
     """The kernel F.scaled_dot_product_attention runs in training on ``spec``: "flash", "efficient",
     "math" (or "cudnn", only when ``cudnn_version`` (e.g. 91501) says cuDNN attention is preferred).
 
-    Follows sdp_utils.cpp (SDPA_SOURCE): the default order is flash, memory-efficient, math; cuDNN goes
-    first only when check_prefer_cudnn_attention holds (cuDNN > 9.15.0 on sm_90 / sm_10x). Inputs are
-    dense 4-D (B, H, T, hd) tensors with q, k, v of one head_dim; nested tensors are not modelled."""
+    Follows sdp_utils.cpp (SDPA_SOURCE): the default order is flash, memory-efficient, math (the installed
+    torch 2.13 reports the same: torch._C._get_sdp_priority_order() starts FLASH, EFFICIENT, MATH); cuDNN
+    goes first only when check_prefer_cudnn_attention holds (cuDNN > 9.15.0 on sm_90 / sm_10x). Inputs are
+    dense 4-D (B, H, T, hd) tensors with q, k, v of one head_dim; nested tensors are not modelled.
+    On an H100 this matters: cuDNN attention is on by default for sm_90 since torch 2.9
+    (pytorch/pytorch#162073) once the runtime cuDNN is new enough, so with a wheel that ships cuDNN
+    > 9.15.0 an H100 runs "cudnn", not "flash"; pass the runtime's torch.backends.cudnn.version().
+    Note: cuda_rules.sdpa_kernel (the CPU simulation) ignores the card; this function does not."""
     if head_dim <= 0:
         raise ValueError(f"head_dim must be a positive integer, got {head_dim}.")
     if not 0.0 <= dropout < 1.0:

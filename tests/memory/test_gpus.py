@@ -83,6 +83,12 @@ def test_sdpa_backend_follows_sdp_utils(card, dtype, hd, mask, p, expected):
     assert gpus.sdpa_backend(gpus.gpu(card), dtype, hd, has_mask=mask, dropout=p) == expected
 
 
+def test_the_installed_torch_tries_flash_then_efficient_then_math():
+    from torch.nn.attention import SDPBackend
+    order = torch._C._get_sdp_priority_order()
+    assert order[:3] == [int(SDPBackend.FLASH_ATTENTION), int(SDPBackend.EFFICIENT_ATTENTION), int(SDPBackend.MATH)]
+
+
 def test_cudnn_attention_only_when_a_new_enough_cudnn_is_named_on_hopper():
     h100, a100 = gpus.gpu("h100"), gpus.gpu("a100")
     assert gpus.sdpa_backend(h100, torch.bfloat16, 128, cudnn_version=91501) == "cudnn"

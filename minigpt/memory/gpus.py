@@ -2,8 +2,8 @@
 
 Every figure here comes from a cited public source (its ``sources``); none is measured by this package.
 Units: MiB = 2**20 bytes, GiB = 2**30 bytes. A "16 GB" T4 shows 15360 MiB total in nvidia-smi (15.0 GiB),
-and torch, which reads ``cudaDeviceProp.totalGlobalMem`` (what is left once ECC and the driver took
-theirs), says 14.56 GiB in its out-of-memory message.
+and torch, which reads ``cudaDeviceProp.totalGlobalMem``, reports less in its out-of-memory message:
+14.56 to 14.75 GiB in the cited reports (``torch_total_gib``).
 
 Three things a process holds that no tensor accounts for:
 
@@ -38,7 +38,9 @@ class GpuSpec:
     sm: tuple[int, int]                # compute capability (major, minor)
     smi_total_mib: int                 # nvidia-smi's total, MiB (NVML's FB memory total)
     smi_sources: tuple[str, ...]
-    torch_total_gib: Optional[float] = None   # torch's "total capacity" (OOM message), GiB, where cited
+    # torch's "total capacity" in its OOM message (cudaDeviceProp.totalGlobalMem, GiB), (low, high) over the
+    # cited reports: it varies with the driver, ECC and the host; None where no report was found
+    torch_total_gib: Optional[tuple[float, float]] = None
     torch_total_sources: tuple[str, ...] = ()
 
     @property
@@ -59,8 +61,10 @@ class GpuSpec:
 GPUS: tuple[GpuSpec, ...] = (
     GpuSpec("Tesla T4", ("t4", "tesla-t4"), (7, 5), 15360,
             (_MODAL, "github.com/robbyant-research/MagicQuill/issues/57 (nvidia-smi: 3MiB / 15360MiB, Tesla T4)"),
-            14.56, ("github.com/Zheng-Chong/CatVTON/issues/133 (OOM: 'total capacity of 14.56 GiB', Tesla T4, GCP)",
-                    "github.com/AlphaGPU/leetgpu-challenges/issues/52 (OOM: 'total capacity of 14.56 GiB', Tesla T4)")),
+            (14.56, 14.75),
+            ("github.com/Zheng-Chong/CatVTON/issues/133 (OOM: 'total capacity of 14.56 GiB', Tesla T4, GCP)",
+             "github.com/AlphaGPU/leetgpu-challenges/issues/52 (OOM: 'total capacity of 14.56 GiB', Tesla T4)",
+             "github.com/hpcaitech/Open-Sora/issues/697 (OOM: 'total capacity of 14.75 GiB', Colab T4)")),
     GpuSpec("Tesla V100-SXM2-16GB", ("v100", "v100-16gb", "tesla-v100"), (7, 0), 16160,
             ("huggingface/transformers docs/source/en/model_memory_anatomy.md @249ef816 (nvidia-smi: "
              "2631MiB / 16160MiB, Tesla V100-SXM2)",
@@ -72,8 +76,13 @@ GPUS: tuple[GpuSpec, ...] = (
             (_MODAL, "github.com/NVIDIA/TensorRT-LLM/issues/2398 (nvidia-smi: 7086MiB / 23034MiB, NVIDIA L4)")),
     GpuSpec("NVIDIA A100-SXM4-40GB", ("a100", "a100-40gb", "a100-40"), (8, 0), 40960,
             (_MODAL,),
-            39.50, ("github.com/TianheWu/CoSeR/issues/10 (OOM on 'one A100': 'total capacity of 39.50 GiB')",)),
-    GpuSpec("NVIDIA A100-SXM4-80GB", ("a100-80gb", "a100-80"), (8, 0), 81920, (_MODAL,)),
+            (39.50, 39.50), ("github.com/TianheWu/CoSeR/issues/10 (OOM on 'one A100': 'total capacity of 39.50 GiB')",)),
+    GpuSpec("NVIDIA A100-SXM4-80GB", ("a100-80gb", "a100-80"), (8, 0), 81920, (_MODAL,),
+            (79.14, 79.25),
+            ("github.com/lianqi1008/Control-GIC/issues/6 (OOM on 'a single NVIDIA A100 ... 80GB': "
+             "'total capacity of 79.14 GiB')",
+             "github.com/levihsu/OOTDiffusion/issues/235 (OOM on an A100: '79.25 GiB total capacity'; "
+             "SXM or PCIe not stated)")),
     GpuSpec("NVIDIA H100 80GB HBM3", ("h100", "h100-80gb", "h100-sxm"), (9, 0), 81559,
             (_MODAL, "github.com/NVIDIA/nccl/issues/1264 (nvidia-smi: 0MiB / 81559MiB, NVIDIA H100 80GB HBM3)")),
 )

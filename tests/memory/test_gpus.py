@@ -46,10 +46,13 @@ def test_totals_are_nvidia_smi_mib_and_every_figure_has_a_source():
     assert t4.smi_total_mib == 15360 and t4.total_bytes == 15360 * 2 ** 20
     # the "16 GB" T4: 15360 MiB in nvidia-smi is 16.1 GB (10**9) and 15.0 GiB; torch sees less (14.56 GiB)
     assert t4.total_bytes / 1e9 == pytest.approx(16.106, abs=1e-3) and t4.total_bytes / 2 ** 30 == 15.0
-    assert t4.torch_total_gib < t4.total_bytes / 2 ** 30
+    # sources disagree (driver, ECC): a range, below nvidia-smi's total on every card that has one
     for spec in gpus.GPUS:
         assert spec.smi_sources and all(s.strip() for s in spec.smi_sources)
         assert (spec.torch_total_gib is None) == (not spec.torch_total_sources)
+        if spec.torch_total_gib is not None:
+            low, high = spec.torch_total_gib
+            assert low <= high < spec.total_bytes / 2 ** 30
 
 
 def test_cublas_workspace_default_is_larger_on_hopper_and_the_env_syntax_is_parsed():

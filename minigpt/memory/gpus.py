@@ -39,7 +39,7 @@ class GpuSpec:
     smi_total_mib: int                 # nvidia-smi's total, MiB (NVML's FB memory total)
     smi_sources: tuple[str, ...]
     # torch's "total capacity" in its OOM message (cudaDeviceProp.totalGlobalMem, GiB), (low, high) over the
-    # cited reports: it varies with the driver, ECC and the host; None where no report was found
+    # cited reports (they disagree); None where no report was found
     torch_total_gib: Optional[tuple[float, float]] = None
     torch_total_sources: tuple[str, ...] = ()
 
@@ -76,7 +76,8 @@ GPUS: tuple[GpuSpec, ...] = (
             (_MODAL, "github.com/NVIDIA/TensorRT-LLM/issues/2398 (nvidia-smi: 7086MiB / 23034MiB, NVIDIA L4)")),
     GpuSpec("NVIDIA A100-SXM4-40GB", ("a100", "a100-40gb", "a100-40"), (8, 0), 40960,
             (_MODAL,),
-            (39.50, 39.50), ("github.com/TianheWu/CoSeR/issues/10 (OOM on 'one A100': 'total capacity of 39.50 GiB')",)),
+            (39.50, 39.50),
+            ("github.com/TianheWu/CoSeR/issues/10 (OOM on 'one A100': 'total capacity of 39.50 GiB')",)),
     GpuSpec("NVIDIA A100-SXM4-80GB", ("a100-80gb", "a100-80"), (8, 0), 81920, (_MODAL,),
             (79.14, 79.25),
             ("github.com/lianqi1008/Control-GIC/issues/6 (OOM on 'a single NVIDIA A100 ... 80GB': "
@@ -105,7 +106,10 @@ def gpu(name: str) -> GpuSpec:
 # ":4096:2:16:8" = 4096 KiB x 2 + 16 KiB x 8 = 8519680 bytes; 32 MiB (4096 KiB x 8) on Hopper
 # (major 9). PR #175344 (2026-02) extended 32 MiB to majors 10 and 12, PR #182669 proposed reverting
 # that; for the cards above only major 9 matters. CUBLAS_WORKSPACE_CONFIG=":SIZE:COUNT[:SIZE:COUNT]"
-# overrides it: the sum of SIZE KiB x COUNT. The cuBLASLt workspace (1024 KiB default) shares this
+# overrides it: the sum of SIZE KiB x COUNT. In that version the workspace comes from the caching
+# allocator (setWorkspaceForHandle), so memory_allocated counts it; a later version (not torch 2.13, whose
+# headers declare no isCUDABlasWorkspaceCachingEnabled) leaves it to cuBLAS unless
+# TORCH_CUBLAS_WORKSPACE_CACHE=1. The cuBLASLt workspace (1024 KiB default) shares this
 # allocation when TORCH_CUBLASLT_UNIFIED_WORKSPACE is on (the open-source default, torch/backends/cuda
 # blas_workspace_size docstring).
 CUBLAS_SOURCES = (

@@ -66,10 +66,9 @@ def _pos_float(s: str) -> float:
     return v
 
 
-def _model_name(s: str) -> str:
-    from . import zoo
-    if s not in zoo.names():
-        raise argparse.ArgumentTypeError(f"unknown model {s!r}; use one of: {', '.join(zoo.names())}")
+def _set_item(s: str) -> str:
+    if "=" not in s or not s.partition("=")[0].strip():
+        raise argparse.ArgumentTypeError(f"needs the form key=value (e.g. --set num_hidden_layers=2), got {s!r}")
     return s
 
 
@@ -77,7 +76,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m minigpt.memory",
                 description="Predict (estimate), measure, or compare the memory of one training step.")
     p.add_argument("command", choices=("estimate", "measure", "compare"))
-    p.add_argument("--model", type=_model_name, default="small", help="a minigpt.memory.zoo name")
+    p.add_argument("--model", default="small",
+                   help="a minigpt.memory.zoo name, a config.json, or a model directory holding one (configs/)")
+    p.add_argument("--set", dest="overrides", action="append", type=_set_item, default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable; int/float/true/false/none/str), e.g. num_hidden_layers=2")
     p.add_argument("--method", choices=METHODS, default="full")
     p.add_argument("--rank", type=_pos_int, default=8)
     p.add_argument("--alpha", type=_pos_float, default=16.0)
@@ -108,10 +110,18 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = make_parser()
     a = parser.parse_args(argv)
+    from .hf_models import parse_set
+    overrides = parse_set(a.overrides)
+    clash = sorted(set(overrides) & {"model", "method", "rank", "alpha", "targets", "double_quant", "precision",
+                                     "optimizer", "attention", "dropout", "lora_dropout", "batch", "seq", "mode",
+                                     "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index"})
+    if clash:
+        parser.exit(2, f"{parser.prog}: error: --set {clash[0]}=... names an argument of the estimator, not only a "
+                       f"config field; use its own flag (--{clash[0].replace('_', '-')}) instead.\n")
     kwargs = dict(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, targets=a.targets,
                   double_quant=a.double_quant, precision=a.precision, optimizer=a.optimizer,
                   attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch, seq=a.seq,
-                  checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero)
+                  checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero, **overrides)
     if a.command != "estimate" and (a.sharding != "flat" or a.rank_index):
         parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "
                        "measure runs one process: use `python -m minigpt.memory.distributed` to run ranks.\n")
@@ -128,7 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if a.json:
                 out = {k: int(rep.buckets[k]) for k in BUCKETS}
                 out.update(peak=int(rep.peak), peak_phase=rep.peak_phase, label=rep.label,
-                           phases=rep.to_dict()["phases"], config={**kwargs, "mode": a.mode})
+                           phases=rep.to_dict()["phases"], config={**kwargs, "mode": a.mode, "overrides": overrides})
                 print(json.dumps(out, indent=2))
             else:
                 print(rep.table(a.unit))

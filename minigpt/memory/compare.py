@@ -12,7 +12,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..precision import RUNNABLE, compute_dtype
 from .buckets import BUCKETS, GiB, MiB, MODEL_STATE_BUCKETS
-from .estimate import (METHODS, Estimate, EstimateError, estimate, resolve_model, resolve_targets)
+from .estimate import (METHODS, Estimate, EstimateError, closed_form_reason, estimate, is_config_source,
+                       resolve_config, resolve_model, resolve_targets)
+from .estimate.traced import adapted_factory, measured_model_state, trace
 
 
 MODES = ("fake", "cpu", "cuda")
@@ -43,7 +45,12 @@ def build_factory(name: str, method: str = "full", rank: int = 8, alpha: float =
                   lora_dropout: float = 0.0, **overrides) -> Callable:
     """A zero-argument builder of the model ``estimate`` describes, for measure_step:
     zoo.build, then (qlora) minigpt.nf4.quantize_model (the heads stay unquantised), then (lora,
-    qlora) minigpt.lora.apply_lora with a classification head trained in full."""
+    qlora) minigpt.lora.apply_lora with a classification head trained in full. ``name`` may also be
+    a config.json path, a model directory, a dict or a PretrainedConfig (hf_models.build_model)."""
+    if is_config_source(name):
+        src = resolve_config(name, overrides, dropout)
+        return adapted_factory(src, method, rank, alpha, targets, double_quant, precision, attention, seed,
+                               lora_dropout)[0]
     import torch
     from . import zoo
     from ..lora import apply_lora
@@ -94,6 +101,13 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
     if mode not in MODES:
         raise EstimateError(f"mode={mode!r} is not allowed; use one of: {', '.join(MODES)}.")
     _measure_args_check(precision, optimizer, gpus, zero, method)
+    if is_config_source(model):       # any transformers config: hf_models builds it
+        src = resolve_config(model, overrides, dropout)
+        if not closed_form_reason(src.config, seq):   # cheap: the estimator validates the arguments
+            estimate(src.config, method, rank, alpha, targets, double_quant, precision, optimizer, attention,
+                     None, batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout)
+        return trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, batch, seq,
+                     checkpointing, semantics, mode, lora_dropout)[0]
     # the estimator validates everything else (and we fail before building anything)
     estimate(model, method, rank, alpha, targets, double_quant, precision, optimizer, attention, dropout,
              batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, **overrides)
@@ -103,15 +117,6 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
     batch_t = zoo.make_batch(model, batch, seq, **vocab)
     return measure_step(make, batch_t, optimizer=optimizer, precision=precision,
                         checkpointing=checkpointing, mode=mode, semantics=semantics)
-
-
-def measured_model_state(report) -> dict:
-    """The persistent buckets of a MemoryReport: weights and optimizer state before the step,
-    gradients at the optimizer step (all of them exist then)."""
-    grads = report.phases.get("optimizer", {}).get("buckets", {}).get("gradients", 0)
-    return {"weights_trainable": report.start["weights_trainable"],
-            "weights_frozen": report.start["weights_frozen"],
-            "gradients": grads, "optimizer": report.start["optimizer"]}
 
 
 def compare(**kwargs) -> tuple[Estimate, Any]:

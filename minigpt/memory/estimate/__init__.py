@@ -112,9 +112,9 @@ from .forward import forward_walk
 from .replay import batch_bytes, replay_step
 from .report import LABEL, Estimate
 from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZERS,
-                   PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, linear_layers,
-                   lora_plan, model_names, n_parameters, parameter_inventory, resolve_model, resolve_targets,
-                   spec_from_config)
+                   PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, closed_form_reason,
+                   is_config_source, linear_layers, lora_plan, model_names, n_parameters, parameter_inventory,
+                   resolve_config, resolve_model, resolve_targets, spec_from_config, zoo_source)
 from .sharding import SHARDINGS, shard_states  # noqa: F401  (SHARDINGS: the CLI's choices)
 from .states import _param_bytes, _shard, model_states, nf4_bytes
 from .walk import _Ctx
@@ -209,13 +209,21 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         raise EstimateError("lora_dropout applies to the adapters of method='lora' or 'qlora'; drop it for 'full'.")
     # the model, with its attention kernel and dropout
     name = model if isinstance(model, str) else getattr(model, "model_type", None) or type(model).__name__
-    if isinstance(model, str):
+    src = None
+    if is_config_source(model):          # a config.json, a model directory, a dict, a PretrainedConfig
+        src = resolve_config(model, overrides, dropout)
+        why = closed_form_reason(src.config, seq)
+        if why:                          # no formula for it: trace the step on fake tensors instead
+            from .traced import traced_estimate
+            return traced_estimate(src, why, method=method, rank=rank, alpha=alpha, targets=targets,
+                                   double_quant=double_quant, precision=precision, optimizer=optimizer,
+                                   attention=attention, batch=batch, seq=seq, checkpointing=checkpointing,
+                                   semantics=semantics, gpus=gpus, zero=zero, sharding=sharding,
+                                   head_trainable=head_trainable, lora_dropout=lora_dropout)
+        spec, name = spec_from_config(src.config, src.name), src.name
+    elif isinstance(model, str):
         from .. import zoo
-        fam = None
-        try:
-            fam, key = zoo._resolve(model)
-        except ValueError:
-            raise EstimateError(f"Unknown model {model!r}; use one of: {', '.join(zoo.names())}.") from None
+        fam, key = zoo._resolve(model)
         ov = dict(overrides)
         if dropout is not None:
             if fam == "minigpt":
@@ -227,6 +235,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         if fam == "minigpt":
             ov["attention"] = attention
         spec = resolve_model(model, **ov)
+        src = zoo_source(model, spec, overrides)
     else:
         if overrides:
             raise EstimateError("config overrides only work with a model name; change the config object instead.")
@@ -312,7 +321,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                   attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
                   lora_dropout=float(lora_dropout) if method != "full" else None,
                   batch=batch, seq=seq, checkpointing=bool(checkpointing), semantics=semantics,
-                  gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index)
+                  gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
+                  spec=src.describe() if src is not None else None)
     model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,
                    "gradients": states.gradients, "optimizer": states.optimizer}
     return Estimate(peak=peak, buckets=split, peak_phase=phase,

@@ -131,6 +131,10 @@ def load_config(source: Any, overrides: Optional[dict] = None):
                               f"{', '.join(near)}.")
     d = {**orig, **overrides}
     _fit_shrunk(d, orig, overrides)
+    V, pad = d.get("vocab_size", defaults.get("vocab_size")), d.get("pad_token_id", defaults.get("pad_token_id"))
+    if "vocab_size" in overrides and "pad_token_id" not in overrides and isinstance(pad, int) and isinstance(V, int) \
+            and pad >= V:
+        d["pad_token_id"] = None       # a shrunk vocabulary: no padding row (it changes no byte)
     H, Hkv = d.get("num_attention_heads"), d.get("num_key_value_heads")
     if isinstance(H, int) and isinstance(Hkv, int) and (Hkv < 1 or H % Hkv):
         raise ConfigError(f"num_attention_heads={H} is not a multiple of num_key_value_heads={Hkv}; "

@@ -189,6 +189,7 @@ def test_set_values_are_parsed(text, value):
      "change --precision/--optimizer"),
     (["--model", "configs/mistral-7b.json", "--set", "num_attention_heads=4"], "not a multiple of num_key_value_heads"),
     (["--model", "configs/distilbert-base-uncased.json", "--set", "dropout=0"], "use its own flag (--dropout)"),
+    (["--model", "llama-7b", "--set", "foo=1"], "the llama config of 'llama-7b' has no field 'foo'"),
 ])
 def test_bad_input_gets_one_sentence(capsys, argv, expect):
     code, out, err = run(capsys, "estimate", *[str(ROOT / a) if a.startswith(("configs/", "README")) else a

@@ -159,8 +159,12 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
 
     Args:
         model: a name of minigpt.memory.zoo (tiny, small, minigpt-85m, roberta-base, bert-large,
-            llama-7b/13b/70b, minigpt:<preset>), a GPTConfig or a transformers Roberta/Bert/Llama
-            config. ``overrides`` change config fields (e.g. n_layer=2, num_hidden_layers=2).
+            llama-7b/13b/70b, minigpt:<preset>), a GPTConfig, or any transformers model given by a
+            config.json path, a model directory, a dict with model_type or a PretrainedConfig
+            (minigpt.memory.hf_models; configs/ ships some). ``overrides`` change config fields (e.g.
+            n_layer=2, num_hidden_layers=2). LLaMA, Mistral, Qwen2, BERT and RoBERTa are sized in closed
+            form; any other architecture is traced on fake tensors (estimate/traced.py) and the
+            Estimate's label and its one note say so.
         method: "full", "lora" or "qlora" (NF4 base, minigpt.nf4 = bitsandbytes' format).
         rank, alpha, targets: LoRA rank, scale (bytes do not depend on it) and target layers,
             "all-linear" or names; the shorthand q, k, v, o is resolved per architecture.

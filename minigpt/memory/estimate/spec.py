@@ -236,9 +236,15 @@ def resolve_model(model: Union[str, Any], **overrides) -> ModelSpec:
             except (TypeError, ValueError) as e:
                 raise EstimateError(str(e)) from None
         try:
-            return spec_from_config(zoo.hf_config(key, **overrides), model)
+            cfg = zoo.hf_config(key, **overrides)
         except (TypeError, ValueError) as e:
             raise EstimateError(str(e)) from None
+        fields = set(type(cfg)().to_dict()) | set(zoo.HF_CONFIGS[key])
+        bad = [k for k in overrides if k not in fields]
+        if bad:   # transformers configs accept any keyword silently
+            raise EstimateError(f"--set {bad[0]}: the {cfg.model_type} config of {model!r} has no field {bad[0]!r}; "
+                                f"its fields include {', '.join(sorted(k for k in zoo.HF_CONFIGS[key] if k != 'kind'))}.")
+        return spec_from_config(cfg, model)
     return spec_from_config(model)
 
 

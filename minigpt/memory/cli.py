@@ -111,7 +111,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = make_parser()
     a = parser.parse_args(argv)
     from .hf_models import parse_set
-    overrides = parse_set(a.overrides)
+    try:
+        overrides = parse_set(a.overrides)
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
     clash = sorted(set(overrides) & {"model", "method", "rank", "alpha", "targets", "double_quant", "precision",
                                      "optimizer", "attention", "dropout", "lora_dropout", "batch", "seq", "mode",
                                      "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index"})

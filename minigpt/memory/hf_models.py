@@ -31,14 +31,24 @@ T5_ENCODERS = {"t5": "T5EncoderModel", "mt5": "MT5EncoderModel", "umt5": "UMT5En
 PADDED_POSITIONS = ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl")
 
 
+# accepted by transformers 5 configs and converted (rope_parameters), absent from to_dict()
+LEGACY_FIELDS = {"rope_scaling", "rope_theta"}
+
+
 class ConfigError(ValueError):
     """A config that cannot be read or built; the message says which flag to change."""
 
 
 # ------------------------------------------------------------------------ --set key=value
 def parse_value(s: str) -> Any:
-    """'2' -> 2, '0.1' -> 0.1, 'true'/'false' -> bool, 'none'/'null' -> None, anything else a str."""
+    """'2' -> 2, '0.1' -> 0.1, 'true'/'false' -> bool, 'none'/'null' -> None, '{...}' or '[...]' -> JSON
+    (e.g. rope_scaling), anything else a str."""
     low = s.strip().lower()
+    if low[:1] in ("{", "["):
+        try:
+            return json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"--set value {s!r} starts like JSON but is not ({e.msg}); write valid JSON.") from None
     if low in ("true", "false"):
         return low == "true"
     if low in ("none", "null"):
@@ -122,7 +132,10 @@ def load_config(source: Any, overrides: Optional[dict] = None):
     except (ValueError, KeyError):
         raise ConfigError(f"model_type {kind!r} is not one transformers {transformers.__version__} knows; give a "
                           f"--model config of a type it builds (e.g. llama, mistral, qwen2, gpt2, bert).") from None
-    known = set(defaults) | set(orig)
+    # the names every config answers to (num_hidden_layers is GPT-2's n_layer, T5's num_layers, ...)
+    alias = dict(getattr(type(AutoConfig.for_model(kind)), "attribute_map", {}) or {})
+    overrides = {alias.get(k, k): v for k, v in overrides.items()}
+    known = set(defaults) | set(orig) | LEGACY_FIELDS
     for k in overrides:
         if k not in known:
             near = sorted(f for f in known if isinstance(defaults.get(f, orig.get(f)), (int, float))

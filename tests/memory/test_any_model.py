@@ -20,8 +20,6 @@ from minigpt.memory.estimate.traced import measured_model_state  # noqa: E402
 from minigpt.paths import ROOT  # noqa: E402
 
 CONFIGS = ROOT / "configs"
-# the depth field of each shipped config (GPT-2, DistilBERT and T5 name it differently)
-DEPTH = {"gpt2": "n_layer", "distilbert-base-uncased": "n_layers", "t5-base": "num_layers"}
 CLOSED_FORM = {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b-instruct", "bert-base-uncased", "roberta-base"}
 SHIPPED = sorted(p.stem for p in CONFIGS.glob("*.json"))
 # reduced LLaMA-shaped sizes (grouped-query attention kept: 4 heads, 2 kv heads)
@@ -55,8 +53,8 @@ def test_every_family_the_course_names_is_shipped():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_each_shipped_config_prints_all_buckets(capsys, name):
-    depth = DEPTH.get(name, "num_hidden_layers")
-    code, out, err = run(capsys, "estimate", "--model", str(CONFIGS / f"{name}.json"), "--set", f"{depth}=1",
+    # num_hidden_layers works for every family (GPT-2's n_layer, DistilBERT's n_layers, T5's num_layers)
+    code, out, err = run(capsys, "estimate", "--model", str(CONFIGS / f"{name}.json"), "--set", "num_hidden_layers=1",
                          "--method", "lora", "--precision", "amp-bf16", "--batch", "1", "--seq", "32")
     assert code == 0, err
     for k in BUCKETS:
@@ -172,12 +170,22 @@ def test_set_values_are_parsed(text, value):
     assert hf_models.parse_set([f"k={text}"]) == {"k": value}
 
 
+def test_rope_scaling_lifts_the_sequence_limit(capsys):
+    base = ["estimate", "--model", str(CONFIGS / "llama-2-7b.json"), "--set", "num_hidden_layers=1",
+            "--set", "max_position_embeddings=32", "--seq", "64"]
+    code, _, err = run(capsys, *base)
+    assert code == 2 and "use seq <= 32 (or a config with rope_scaling)" in err
+    code, out, err = run(capsys, *base, "--set", 'rope_scaling={"rope_type": "linear", "factor": 2.0}')
+    assert code == 0 and out.startswith("estimated (closed form"), err
+
+
 @pytest.mark.parametrize("argv,expect", [
     (["--model", "configs/nope.json"], "is neither a zoo name nor an existing config.json"),
     (["--model", "README.md"], "is not valid JSON"),
     (["--model", "{bad}"], "is neither a zoo name"),
     (["--set", "num_hidden_layers"], "--set: needs the form key=value"),
-    (["--model", "configs/gpt2.json", "--set", "num_hidden_layers=2"], "the gpt2 config has no field 'num_hidden_layers'"),
+    (["--model", "configs/gpt2.json", "--set", "num_experts=2"], "the gpt2 config has no field 'num_experts'"),
+    (["--model", "configs/gpt2.json", "--set", "rope_scaling={oops"], "starts like JSON but is not"),
     (["--model", "configs/llama-2-7b.json", "--set", "num_hidden_layers=1", "--seq", "5000"], "use seq <= 4096"),
     (["--model", "configs/gpt2.json", "--set", "n_layer=1", "--seq", "2000"], "use seq <= 1024"),
     (["--model", "configs/mistral-7b.json", "--set", "num_hidden_layers=1", "--method", "lora", "--targets", "wq"],

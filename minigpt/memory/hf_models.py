@@ -22,6 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
 N_LABELS = 2
 # encoders transformers also lists as causal LMs (BertLMHeadModel, ...): built as classifiers
 ENCODER_TYPES = ("bert", "roberta", "distilbert", "albert", "electra", "xlm-roberta", "camembert", "deberta",
@@ -235,7 +239,6 @@ def build_model(cfg, attention: str = "sdpa", device: Optional[str] = None):
 def linears_as_nn_linear(model) -> int:
     """Swap GPT-2's Conv1D layers (x @ W + b, W stored in x out) for nn.Linear of the same shape, so
     LoRA and NF4 can wrap them; the bytes (weight, bias, what the matmul saves) are the same."""
-    import torch.nn as nn
     from transformers.pytorch_utils import Conv1D
     n = 0
     for name, m in list(model.named_modules()):
@@ -249,7 +252,6 @@ def linears_as_nn_linear(model) -> int:
 
 def make_batch(cfg, batch_size: int = 1, seq_len: int = 128, seed: int = 0) -> dict:
     """Random token ids below the vocabulary size (B, S); labels (B, S) for an LM, (B,) otherwise."""
-    import torch
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, cfg.vocab_size, (batch_size, seq_len), generator=g)       # (B, S)
     if task_of(cfg) == "lm":
@@ -257,44 +259,28 @@ def make_batch(cfg, batch_size: int = 1, seq_len: int = 128, seed: int = 0) -> d
     return {"input_ids": ids, "labels": torch.randint(0, cfg.num_labels, (batch_size,), generator=g)}
 
 
-def _encoder_classifier_class():
-    import torch.nn as nn
-    import torch.nn.functional as F
-    from transformers.modeling_outputs import SequenceClassifierOutput
+class EncoderClassifier(nn.Module):
+    """An encoder with no classifier of its own (T5): mean over the sequence of its last hidden states
+    (B, S, d) -> (B, d), one Linear ``classifier`` (d -> labels), cross-entropy in fp32."""
 
-    class _EncoderClassifier(nn.Module):
-        """An encoder with no classifier of its own (T5): mean over the sequence of its last hidden
-        states (B, S, d) -> (B, d), one Linear ``classifier`` (d -> labels), cross-entropy in fp32."""
+    def __init__(self, encoder: nn.Module, d: int, n_labels: int):
+        super().__init__()
+        self.encoder, self.classifier = encoder, nn.Linear(d, n_labels)
 
-        def __init__(self, encoder, d: int, n_labels: int):
-            super().__init__()
-            self.encoder, self.classifier = encoder, nn.Linear(d, n_labels)
+    def gradient_checkpointing_enable(self, **kw) -> None:
+        self.encoder.gradient_checkpointing_enable(**kw)
 
-        def gradient_checkpointing_enable(self, **kw):
-            self.encoder.gradient_checkpointing_enable(**kw)
-
-        def forward(self, input_ids, labels=None, attention_mask=None):
-            h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            if attention_mask is None:
-                pooled = h.mean(dim=1)                                           # (B, d)
-            else:
-                m = attention_mask.unsqueeze(-1).to(h.dtype)                     # (B, S, 1)
-                pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
-            logits = self.classifier(pooled)                                     # (B, labels)
-            loss = None if labels is None else F.cross_entropy(logits.float(), labels)
-            return SequenceClassifierOutput(loss=loss, logits=logits)
-    return _EncoderClassifier
-
-
-def EncoderClassifier(encoder, d: int, n_labels: int):  # noqa: N802  (a class, built lazily: torch is heavy)
-    """T5EncoderModel + mean pooling + Linear ``classifier`` (see the module docstring)."""
-    global _ENC_CLS
-    if _ENC_CLS is None:
-        _ENC_CLS = _encoder_classifier_class()
-    return _ENC_CLS(encoder, d, n_labels)
-
-
-_ENC_CLS = None
+    def forward(self, input_ids, labels=None, attention_mask=None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state   # (B, S, d)
+        if attention_mask is None:
+            pooled = h.mean(dim=1)                                               # (B, d)
+        else:
+            m = attention_mask.unsqueeze(-1).to(h.dtype)                         # (B, S, 1)
+            pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        logits = self.classifier(pooled)                                         # (B, labels)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
 # ------------------------------------------------------------------------ a resolved model

@@ -50,7 +50,8 @@ class ModelSpec:
     """Everything the formulas need to know about a model, read from its config.
 
     family: "minigpt" (minigpt.model.GPT, an LM), "roberta"/"bert" (transformers
-    ...ForSequenceClassification) or "llama" (transformers LlamaForCausalLM).
+    ...ForSequenceClassification) or "llama" (transformers LlamaForCausalLM, and Mistral/Qwen2ForCausalLM,
+    which are LLaMA's modules; Qwen2: ``o_bias=False`` with ``bias=True``).
     """
     name: str
     family: str

@@ -10,7 +10,7 @@ of SHORTHAND that the model has (fused q/k/v layers: one adapter on the fused la
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from .report import Estimate
 from .spec import EstimateError
@@ -121,8 +121,7 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
                     targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
                     optimizer: str = "adamw", attention: str = "sdpa", batch: int = 1, seq: int = 128,
                     checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
-                    sharding: str = "flat", head_trainable: bool = True, lora_dropout: float = 0.0,
-                    dropout: Optional[float] = None) -> Estimate:
+                    sharding: str = "flat", head_trainable: bool = True, lora_dropout: float = 0.0) -> Estimate:
     """An Estimate from a fake-tensor trace of the step (see the module docstring); ``why`` says why
     the closed form does not apply (closed_form_reason)."""
     from ...precision import RUNNABLE

@@ -141,8 +141,9 @@ def sliding_window(cfg: Any) -> Optional[int]:
 def closed_form_reason(cfg: Any, seq: Optional[int] = None) -> Optional[str]:
     """None when the closed form describes the transformers config ``cfg`` (at sequence ``seq``),
     else why not, in a few words. Only what tests/memory/test_any_model.py checks against a fake
-    trace is described: LLaMA-shaped configs with head_dim = hidden / heads, SiLU, no MLP bias, and a
-    sliding window (if any) no shorter than the sequence (SDPA then runs plain causal attention)."""
+    trace is described: LLaMA-shaped configs with head_dim = hidden / heads, SiLU, no MLP bias, an untied
+    head, and a sliding window (if any) longer than the sequence (SDPA then runs plain causal attention;
+    at seq >= window transformers builds a (B, 1, T, T) mask)."""
     kind = getattr(cfg, "model_type", None)
     if kind in ("roberta", "bert"):
         return None
@@ -155,7 +156,8 @@ def closed_form_reason(cfg: Any, seq: Optional[int] = None) -> Optional[str]:
                       (getattr(cfg, "hidden_act", "silu") != "silu", f"hidden_act {getattr(cfg, 'hidden_act', '')}"),
                       (getattr(cfg, "mlp_bias", False), "mlp_bias"),
                       (getattr(cfg, "tie_word_embeddings", False), "a tied LM head"),
-                      (win is not None and seq is not None and seq > win, f"seq > sliding_window {win}")):
+                      # masking_utils._ignore_causal_mask_sdpa keeps is_causal only while kv_length < window
+                      (win is not None and seq is not None and seq >= win, f"seq >= sliding_window {win}")):
         if bad:
             return f"the closed form does not describe this {kind} config: {what}"
     return None

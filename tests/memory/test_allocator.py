@@ -282,3 +282,22 @@ def test_tiny_step_replayed_and_opened_by_memory_viz(tmp_path):
     again = replay(events_from_cuda_snapshot(snap)[0])
     assert (again.allocated_peak, again.reserved_peak) == (r.allocated_peak, r.reserved_peak)
 
+
+
+def test_event_log_is_off_by_default_and_exact_on_a_cpu_step():
+    from minigpt.memory import TensorTracker, measure_step
+    assert TensorTracker().events is None
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    events: list = []
+    report = measure_step(lambda: mlp, (torch.randn(4, 32),), events=events)
+    live, peak, sizes = 0, 0, {}
+    for e in events:
+        if e.action == "alloc":
+            sizes[e.id] = e.size
+            live += e.size
+        else:
+            live -= sizes.pop(e.id)
+        peak = max(peak, live)
+    assert peak == report.peak
+    # every byte of the step's buckets is in the log: AdamW's two moments are tagged optimizer
+    assert sum(e.size for e in events if e.action == "alloc" and e.tag == "optimizer") >= 8 * 2762

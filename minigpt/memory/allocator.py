@@ -34,7 +34,7 @@ Function by function:
   ``emptyCache``) and retry; then out of memory.
 * expandable segments (``try_allocate_expandable_block``, ``find_expandable_block``,
   ``map_block``, ``unmap_block``): one virtual segment per pool (and stream), mapped page by page:
-  2 MiB pages in the small pool, 20 MiB pages in the large pool. Reserved grows by whole pages
+  2 MiB pages in the small pool, 20 MiB pages (``large_segment_size``) in the large pool. Reserved grows by whole pages
   mapped at the lowest address that fits and shrinks only when ``release_cached_blocks``
   (``empty_cache`` or the OOM path) unmaps the free pages.
 
@@ -374,7 +374,7 @@ class CachingAllocator:
                 c = c.prev
             if room(c) >= size:
                 return c
-        page = SMALL_BUFFER if pool == "small" else LARGE_BUFFER
+        page = SMALL_BUFFER if pool == "small" else self.config.large_segment_size
         # the virtual range: 1 1/8 of the device memory (1 TiB when no capacity is given)
         space = 2 ** 40 if self.capacity is None else self.capacity + self.capacity // 8
         seg = self._new_segment(pool, -(-space // page) * page, True, page)

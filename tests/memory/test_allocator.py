@@ -157,6 +157,8 @@ def test_expandable_small_pool_maps_2mib_pages():
     # three 1 MiB requests (small pool: <= 1 MiB): page 1 holds two, the third maps page 2
     r = replay([A(i, M) for i in range(3)], "expandable_segments:True")
     assert r.reserved == [2 * M, 2 * M, 4 * M]
+    # large_segment_size_mb:40 also sets the large page: a 5 MiB request maps one 40 MiB page
+    assert replay([A(1, 5 * M)], "expandable_segments:True,large_segment_size_mb:40").reserved_peak == 40 * M
 
 
 # -------------------------------------------------------------- capacity and OOM

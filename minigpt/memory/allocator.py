@@ -118,8 +118,10 @@ class CachingAllocator:
     # ------------------------------------------------------------------ bookkeeping
     def _record(self, action: str, addr: int, size: int, tag: str = "", **extra) -> None:
         frames = [{"filename": "minigpt/memory/allocator.py", "line": 0, "name": tag}] if tag else []
+        # category: memory_viz colours the timeline by it (here the tracker's bucket)
         self.trace.append({"action": action, "addr": addr, "size": size, "stream": 0,
-                           "time_us": self._time, "frames": frames, **extra})
+                           "time_us": self._time, "frames": frames, "category": tag or "unknown",
+                           **extra})
 
     def _insert(self, b: _Block) -> None:
         insort(self.free_blocks[b.seg.pool], b, key=_key)

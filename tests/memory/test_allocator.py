@@ -70,6 +70,32 @@ def test_round_size_power2_divisions():
     assert round_size(1200, AllocatorConfig.parse("roundup_power2_divisions:4")) == 1536  # <= 512*4
 
 
+def test_round_size_power2_divisions_match_torchs_own_test_reference():
+    # pytorch's test/test_cuda.py (test_allocator_settings) checks round_size against a reference:
+    # from the power of 2 below the size, step up by (that power / divisions) until >= size.
+    # 21 Mi floats = 84 MiB with 4 divisions: 64 MiB + 16 MiB steps -> 96 MiB.
+    def reference(size, div):
+        p = 1 << (size - 1).bit_length()           # the power of 2 >= size
+        if p == size:
+            return size
+        half, step = p // 2, p // 2 // div
+        return half + -(-(size - half) // step) * step
+    assert reference(84 * M, 4) == 96 * M
+    for div in (2, 4, 8, 16):
+        cfg = AllocatorConfig.parse(f"roundup_power2_divisions:{div}")
+        for size in (5000, M + 1, 3 * M + 12345, 84 * M, 100 * M + 7, 2 ** 30):
+            if size > 512 * div:
+                assert round_size(size, cfg) == reference(size, div), (size, div)
+
+
+def test_three_1mib_requests_as_in_torchs_mempool_test():
+    # pytorch's test_cuda.py (test_mempool_with_allocator): a 1 MiB request is packed into a 2 MiB
+    # segment, a second one shares it, a third needs a second segment
+    r = replay([A(i, M) for i in range(3)])
+    assert r.reserved == [2 * M, 2 * M, 4 * M]
+    assert blocks(r) == [[(M, "active_allocated")] * 2, [(M, "active_allocated"), (M, "inactive")]]
+
+
 # ---------------------------------------------------------------------- placement
 def test_large_pool_keeps_a_rest_of_at_most_1mib_in_the_block():
     # a 12 MiB segment, freed; an 11 MiB request takes it and the 1 MiB rest is not > kSmallSize:
@@ -186,6 +212,20 @@ def test_expandable_oom_when_the_free_pages_are_partly_used():
     # 10 MiB sits in a page that is partly used, so nothing can be unmapped: out of memory
     r = replay([A(1, 30 * M), A(2, 12 * M)], "expandable_segments:True", capacity=40 * M)
     assert r.oom_event == 1 and r.reserved == [40 * M]
+
+
+def test_max_split_oom_then_oversize_blocks_released_as_in_torchs_test():
+    # pytorch's test_cuda.py (test_max_split_expandable, non-expandable part): 120 MiB allowed,
+    # max_split_size 40 MiB. Three 40 MiB blocks fill it; a fourth is out of memory. Freed, they
+    # are three cached oversize blocks; a 120 MiB request fits none, cudaMalloc fails, and
+    # release_available_cached_blocks frees oversize blocks from the largest down until 120 MiB
+    # are released (all three): then the 120 MiB segment fits.
+    ev = [A(1, 40 * M), A(2, 40 * M), A(3, 40 * M)]
+    r = replay(ev + [A(4, 40 * M)], "max_split_size_mb:40", capacity=120 * M)
+    assert r.oom_event == 3
+    r = replay(ev + [F(1), F(2), F(3), A(5, 120 * M)], "max_split_size_mb:40", capacity=120 * M)
+    assert r.oom is None and r.reserved[-1] == 120 * M
+    assert actions(r)[-5:] == ["segment_free"] * 3 + ["segment_alloc", "alloc"]
 
 
 # --------------------------------------------------------------------- config strings

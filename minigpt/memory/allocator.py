@@ -111,6 +111,7 @@ class CachingAllocator:
         self.unmapped: dict[str, list[_Block]] = {"small": [], "large": []}     # expandable only
         self.segments: list[_Segment] = []
         self.live: dict[int, _Block] = {}
+        self.empty: set[int] = set()   # ids of zero-byte allocations (no block)
         self.trace: list[dict] = []   # torch's device_traces entries
         self._addr = _BASE_ADDR
         self._time = 0
@@ -142,7 +143,8 @@ class CachingAllocator:
     # ------------------------------------------------------------------- malloc/free
     def malloc(self, id: int, orig: int, tag: str = "") -> None:
         if orig == 0:
-            return   # allocate(0) hands out a null pointer without calling malloc
+            self.empty.add(id)   # allocate(0) hands out a null pointer without calling malloc
+            return
         size = round_size(orig, self.config)
         pool = "small" if size <= SMALL_SIZE else "large"
         if size <= SMALL_SIZE:
@@ -187,9 +189,10 @@ class CachingAllocator:
         self._record("alloc", b.addr, orig, tag)
 
     def free(self, id: int) -> None:
-        b = self.live.pop(id, None)
-        if b is None:
-            return   # a zero-byte allocation (never malloc'ed)
+        if id in self.empty:
+            self.empty.discard(id)
+            return
+        b = self.live.pop(id)
         b.allocated = False
         self.allocated -= b.size
         self._record("free_requested", b.addr, b.requested, b.tag)
@@ -455,11 +458,14 @@ def replay(events: Iterable[Event], config: ConfigLike = None, capacity: Optiona
         a._time = i
         try:
             if e.action == "alloc":
-                if e.id in a.live:
+                if e.id in a.live or e.id in a.empty:
                     raise ValueError(f"event {i}: id {e.id} is allocated twice without a free; give "
                                      f"each live allocation its own id.")
                 a.malloc(e.id, e.size, e.tag)
             elif e.action == "free":
+                if e.id not in a.live and e.id not in a.empty:
+                    raise ValueError(f"event {i}: free of id {e.id}, which is not allocated; each free "
+                                     f"needs an earlier alloc of the same id.")
                 a.free(e.id)
             elif e.action == "empty_cache":
                 a.empty_cache()

@@ -260,6 +260,9 @@ def test_conf_string_parsing_matches_torch():
         replay([], capacity=0)
     with pytest.raises(ValueError, match="allocated twice"):
         replay([A(1, 8), A(1, 8)])
+    with pytest.raises(ValueError, match="free of id 2, which is not allocated"):
+        replay([A(1, 8), F(2)])
+    assert replay([A(1, 0), F(1)]).reserved == [0, 0]   # a zero-byte tensor gets no block
 
 
 # -------------------------------------------------------------- real CUDA recordings

@@ -89,7 +89,8 @@ class DeviceView:
         lines = [f"on the GPU{'' if self.card is None else f' ({self.card.name}, {self.card.sm_name})'}"
                  f" -- units: {unit} (2**{30 if unit == 'GiB' else 20} bytes)"]
         for n in (self.allocated, self.reserved, self.smi):
-            lines.append(f"  {n.name:<16}{n.text(div, unit):>20}   {n.source}: {n.how}")
+            said = f"{n.source} ({n.how})" if n.source == NOT_COMPUTED else f"{n.source}: {n.how}"
+            lines.append(f"  {n.name:<16}{n.text(div, unit):>20}   {said}")
         f = self.fit()
         if f is not None:
             lines.append("  " + f["sentence"])

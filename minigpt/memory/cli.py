@@ -4,6 +4,12 @@
         --precision amp-bf16 --batch 1 --seq 512
     python -m minigpt.memory compare --model small --method lora --precision amp-bf16 --batch 4 --seq 128
 
+Every command ends with three labelled numbers (device_view.py): allocated peak, reserved peak and
+what nvidia-smi would show, each saying whether it is measured on CUDA, replayed (the allocator model
+on the traced step), estimated or modelled. ``--gpu t4|v100|a10g|l4|a100-40gb|a100-80gb|h100`` uses the
+card's SDPA kernel, refuses bf16 where it has none and says whether the step fits; ``estimate
+--reserved`` (implied by --gpu) traces the step with fake tensors for the reserved peak.
+
 Defaults: --mode fake (fake tensors: shapes without memory, any model size on a laptop),
 --semantics cuda (what a CUDA run would hold, simulated; never labelled "measured on GPU"),
 --attention sdpa, --optimizer adamw, --precision fp32. Sizes print in MiB or GiB (binary units).
@@ -112,7 +118,7 @@ def make_parser() -> argparse.ArgumentParser:
     return p
 
 
-_GPU_NAMES = tuple(s.aliases[0] for s in GPUS) + ("a100-80gb",)
+_GPU_NAMES = tuple(name for s in GPUS for name in s.aliases)   # t4, v100, a10g, l4, a100-40gb, a100-80gb, h100, ...
 
 
 def _estimate_view(a, kwargs: dict, est):

@@ -37,7 +37,9 @@ TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
 
 _LIT = ("LitGPT pads each micro-batch to its longest sample, at most max_seq_length 512: the peak step is "
         "taken at seq 512; bf16-true = pure bf16 weights, adapters and AdamW state")
-_LIT_LOSS = "LitGPT computes the loss in chunks (chunked_cross_entropy); the course's HF LLaMA keeps the whole logits"
+_LIT_LOSS = ("LitGPT computes the loss in chunks (chunked_cross_entropy); the course's HF LLaMA keeps the whole "
+             "logits. litgpt/finetune/lora.py @01fe959c never resets the peak: its figure is the maximum over the "
+             "whole run (checkpoint load, validation, every step), the course's is one training step")
 _TT = ("torchtune recipes/configs/llama3_1/8B_{}_single_device.yaml @0031bfb0 (read): dtype bf16, "
        "enable_activation_checkpointing True, batch_size 2, AdamW fused=True; packed seq 2048")
 _TT_NOT = ("torch.compile (the README's setting), fused AdamW's single-kernel step, and torchtune's chunked loss "

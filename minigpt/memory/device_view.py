@@ -16,8 +16,9 @@ torch of this course (CublasHandlePool.cpp, setWorkspaceForHandle), so it sits *
 reserved, not on top of them: it is added to the estimate and put at the head of the replayed stream.
 There are two in a training step: one per (cuBLAS handle, stream), and handles are per thread
 (CublasHandlePool.cpp's thread-local pool window); forward runs on the caller's thread, backward on
-autograd's device thread (torch/csrc/autograd/engine.cpp, one worker thread per CUDA device). That
-count is read from the source, not measured here.
+autograd's device thread (torch/csrc/autograd/engine.cpp, one worker thread per CUDA device; pytorch/pytorch
+#180283 reaches into those device threads to clear their workspaces). That count is read from the
+source, not measured here.
 """
 from __future__ import annotations
 

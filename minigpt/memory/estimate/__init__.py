@@ -311,7 +311,9 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     if card is not None and attention == "sdpa" and semantics == "cuda":
         el = 2 if precision != "fp32" else 4
         notes.append(f"SDPA on the {card.name} ({card.sm_name}): {sdpa_kernel(ctx, el, spec.attn_dropout)} kernel "
-                     "(gpus.sdpa_backend).")
+                     "(gpus.sdpa_backend)" + (" -- a wheel with cuDNN > 9.15.0 runs cuDNN attention here instead "
+                                              "(pytorch/pytorch#162073), which is not modelled." if card.sm[0] in (9, 10)
+                                              and el == 2 else "."))
     if where.get(phase):
         notes.append(f"peak at: {phase}, {where[phase]}.")
     config = dict(model=name, method=method, rank=rank if method != "full" else None,

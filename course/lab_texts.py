@@ -80,11 +80,13 @@ LABS: dict[str, LabText] = {
         summary_en=('You build NF4 from normal quantiles, quantise and pack a weight byte for byte like bitsandbytes,'
                     ' compute its bits per weight with and without double quantisation, measure its error on a '
                     'pretrained MiniGPT, then fine-tune MiniGPT with QLoRA beside LoRA and compare their loss and '
-                    'their memory with full fine-tuning.'),
+                    'their memory with full fine-tuning; last, QLoRA and LoRA on a pretrained MiniLM classifier, '
+                    'accuracy beside memory.'),
         summary_es=('Construyes NF4 a partir de cuantiles de la normal, cuantizas y empaquetas un peso byte a byte '
                     'como bitsandbytes, calculas sus bits por peso con y sin doble cuantización, mides su error en un'
                     ' MiniGPT preentrenado y ajustas MiniGPT con QLoRA junto a LoRA, comparando pérdida y memoria con'
-                    ' el ajuste completo.'),
+                    ' el ajuste completo; por último, QLoRA y LoRA sobre un clasificador MiniLM preentrenado, '
+                    'exactitud junto a memoria.'),
         cpu_note_en=('Everything but the last two code cells runs the same on CPU: NF4 is plain PyTorch here, and the '
                      "memory of part 6 is tracked on CPU by the package's live-tensor tracker (labelled so). Those two"
                      ' need torch.cuda.max_memory_allocated, which has no CPU counterpart: on CPU they say so.'),

@@ -295,3 +295,21 @@ def quantize(fn: Any, n_blocks: int, blocksize: int, seed: int) -> Any:
                                    torch.tensor([0.0, 1.0])])).values
     levels[0] = -1.0
     return fn(randn(seed + 1, n_blocks, blocksize) * 3, levels, blocksize)
+
+
+def _toy_classifier(n_blocks: int, d: int, seed: int) -> Any:
+    """A classifier's storage kinds for lab 04's exercise 5: an embedding table, a buffer, Linear layers
+    with and without bias, LayerNorms, and a head named ``classifier``."""
+    torch = _torch()
+    model = torch.nn.Module()
+    model.embed = torch.nn.Embedding(13, d)
+    model.register_buffer("position_ids", torch.arange(7 + seed % 5))
+    model.blocks = torch.nn.ModuleList(
+        torch.nn.Sequential(_linear(d, 2 * d, seed + i), torch.nn.LayerNorm(2 * d), torch.nn.Linear(2 * d, d, bias=False))
+        for i in range(n_blocks))
+    model.classifier = _linear(d, 2, seed + 99)
+    return model
+
+
+def frozen_bytes(fn: Any, n_blocks: int, d: int, seed: int) -> int:
+    return fn(_toy_classifier(n_blocks, d, seed))

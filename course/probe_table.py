@@ -78,6 +78,8 @@ PROBES: dict[str, dict[str, Probe]] = {
                                    "r.randint(0, 10**6)) for _ in range(3)]", "quantize(f, *args)", **_CLOSE),
         "ex3-storage-bytes": Probe(("nf4_storage_bytes",), "[(r.randint(1, 10**7), r.choice([32, 64, 128]), "
                                    "r.random() < 0.5, r.choice([128, 256])) for _ in range(5)]"),
+        "ex4-minilm-frozen-bytes": Probe(("qlora_frozen_bytes",), "[(r.randint(1, 3), r.choice([8, 24, 100]), "
+                                         "r.randint(0, 10**6)) for _ in range(3)]", "frozen_bytes(f, *args)"),
     },
     "05-the-fp16-lora-puzzle": {
         "ex1-padded-lengths": Probe(("padded_batch_lengths",), "[([r.randint(1, 512) for _ in range(r.randint(1, 20))],"

@@ -82,7 +82,8 @@ def train_classifier(model: nn.Module, batches: Iterable[dict], lr: float, epoch
         opt, lambda s: (s + 1) / n_warm if s < n_warm else max(0.0, (total - s) / max(1, total - n_warm)))
     result = TrainResult()
     model.train()
-    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False)
+    # redraw at most every 2 s: a notebook stores every redraw of a text bar in its outputs
+    bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=2.0)
     start = time.perf_counter()
     while result.steps < total:
         for batch in batches:
@@ -94,7 +95,7 @@ def train_classifier(model: nn.Module, batches: Iterable[dict], lr: float, epoch
             result.losses.append(loss.item())
             result.steps += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if result.steps >= total:
                 break
     result.seconds = time.perf_counter() - start

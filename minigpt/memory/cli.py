@@ -4,6 +4,12 @@
         --precision amp-bf16 --batch 1 --seq 512
     python -m minigpt.memory compare --model small --method lora --precision amp-bf16 --batch 4 --seq 128
 
+Every command ends with three labelled numbers (device_view.py): allocated peak, reserved peak and
+what nvidia-smi would show, each saying whether it is measured on CUDA, replayed (the allocator model
+on the traced step), estimated or modelled. ``--gpu t4|v100|a10g|l4|a100-40gb|a100-80gb|h100`` uses the
+card's SDPA kernel, refuses bf16 where it has none and says whether the step fits; ``estimate
+--reserved`` (implied by --gpu) traces the step with fake tensors for the reserved peak.
+
 Defaults: --mode fake (fake tensors: shapes without memory, any model size on a laptop),
 --semantics cuda (what a CUDA run would hold, simulated; never labelled "measured on GPU"),
 --attention sdpa, --optimizer adamw, --precision fp32. Sizes print in MiB or GiB (binary units).
@@ -23,6 +29,8 @@ from .compare import (DEFAULT_GRID_MODELS, MEASURABLE_OPTIMIZERS, MEASURABLE_PRE
                       format_grid, format_row, measure, measured_model_state)
 from .estimate import ATTENTIONS, METHODS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, estimate
 from .estimate.sharding import SHARDINGS
+from . import device_view
+from .gpus import GPUS, gpu
 
 
 # ------------------------------------------------------------------------ command line
@@ -104,7 +112,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON (integer bytes) instead of a table")
     p.add_argument("--emit", choices=("accelerate", "deepspeed"), default=None,
                    help="with estimate: print the launcher config of this spec instead (launchers.py)")
+    p.add_argument("--gpu", choices=_GPU_NAMES, default=None,
+                   help="the card: its SDPA kernel, bf16 support, nvidia-smi total (fits / does not fit)")
+    p.add_argument("--reserved", action="store_true",
+                   help="with estimate: trace the step with fake tensors to replay the reserved peak (a 7B "
+                        "model takes ~10-15 s; --gpu implies it)")
     return p
+
+
+_GPU_NAMES = tuple(name for s in GPUS for name in s.aliases)   # t4, v100, a10g, l4, a100-40gb, a100-80gb, h100, ...
+
+
+def _estimate_view(a, kwargs: dict, est):
+    """The three numbers of an estimate: reserved only when asked (--reserved, or --gpu)."""
+    card = gpu(a.gpu) if a.gpu else None
+    if not (a.gpu or a.reserved):
+        return device_view.view_for_estimate(est, card)
+    try:
+        _, events = device_view.trace(card, **kwargs)
+    except EstimateError as e:   # e.g. bitsandbytes optimizers: the trace cannot run them
+        return device_view.view_for_estimate(est, card, why_not=f"the fake-tensor trace cannot run this step: {e}")
+    return device_view.view_for_estimate(est, card, events)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -130,28 +158,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        "measure runs one process: use `python -m minigpt.memory.distributed` to run ranks.\n")
     try:
         if a.command == "estimate":
-            est = estimate(**kwargs, sharding=a.sharding, rank_index=a.rank_index)
+            est = estimate(**kwargs, sharding=a.sharding, rank_index=a.rank_index, gpu=a.gpu)
             if a.emit:   # the spec is valid (estimate did not raise): print its launch config
                 from .launchers import emit
                 print(emit(a.emit, gpus=a.gpus, zero=a.zero, batch=a.batch, precision=a.precision))
                 return 0
-            print(json.dumps(est.to_dict(), indent=2) if a.json else est.table(a.unit))
+            view = _estimate_view(a, kwargs, est)
+            print(json.dumps({**est.to_dict(), "device_view": view.to_dict()}, indent=2) if a.json
+                  else est.table(a.unit) + "\n" + view.table(a.unit))
         elif a.command == "measure":
-            rep = measure(mode=a.mode, **kwargs)
+            rep, view = _measured_view(a, kwargs)
             if a.json:
                 out = {k: int(rep.buckets[k]) for k in BUCKETS}
                 out.update(peak=int(rep.peak), peak_phase=rep.peak_phase, label=rep.label,
-                           phases=rep.to_dict()["phases"], config={**kwargs, "mode": a.mode, "overrides": overrides})
+                           phases=rep.to_dict()["phases"], config={**kwargs, "mode": a.mode, "overrides": overrides},
+                           device_view=view.to_dict())
                 print(json.dumps(out, indent=2))
             else:
-                print(rep.table(a.unit))
+                print(rep.table(a.unit) + "\n" + view.table(a.unit))
         else:
-            if a.mode != "cuda" and a.semantics not in SEMANTICS:
-                pass
-            est, rep = compare(mode=a.mode, **kwargs)
-            print(json.dumps(compare_dict(est, rep), indent=2) if a.json else compare_table(est, rep, a.unit))
+            est = estimate(**kwargs, gpu=a.gpu)
+            rep, view = _measured_view(a, kwargs, validated=True)
+            print(json.dumps({**compare_dict(est, rep), "device_view": view.to_dict()}, indent=2) if a.json
+                  else compare_table(est, rep, a.unit) + "\n" + view.table(a.unit))
     except EstimateError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except RuntimeError as e:   # e.g. --mode cuda without a GPU: measure_step says what to do
         parser.exit(2, f"{parser.prog}: error: {str(e).splitlines()[0]}\n")
     return 0
+
+
+def _measured_view(a, kwargs: dict, validated: bool = False):
+    """measure_step on the spec (with its events, under the card's SDPA kernel) and its three numbers."""
+    if not validated:
+        estimate(**kwargs, gpu=a.gpu)    # validates the spec (and refuses bf16 on a card without it)
+    card = gpu(a.gpu) if a.gpu else None
+    rep, events = device_view.trace(card, mode=a.mode, **kwargs)
+    nvml = device_view.nvml_used() if a.mode == "cuda" else None
+    return rep, device_view.view_for_report(rep, card, events, nvml_used=nvml)

@@ -40,8 +40,10 @@ Rule 4, AdamW step counters (``STEP_ON_HOST``). Non-capturable, non-fused Adam/A
     books them (and the 0-dim scalars the step makes from them) as host memory, outside every bucket.
 
 Rule 5, attention kernels (``SDPA``). On CUDA ``F.scaled_dot_product_attention`` in training runs
-    flash attention (fp16/bf16, no mask, head_dim <= 256) or memory-efficient attention (fp32 or a
-    mask). Both save q, k, v, the output and a logsumexp in fp32 — flash (B, H, T); memory-efficient
+    flash attention (fp16/bf16, no mask, head_dim <= 256, sm_80+) or memory-efficient attention (fp32,
+    a mask, or a card without flash: a T4 or V100 in fp16). Which one a given card dispatches is
+    gpus.sdpa_backend's reading of sdp_utils.cpp; ``on_card(card)`` makes the rule follow it (without
+    a card: flash for 16-bit, as on any sm_80+ card). Both save q, k, v, the output and a logsumexp in fp32 — flash (B, H, T); memory-efficient
     (B, H, ceil(T/32)*32) — never the T x T matrix, and apply dropout from a random seed, with no mask
     (aten/src/ATen/native/transformers/cuda/attention.cu; flash-attention csrc/flash_api.cpp). The
     output is written (B, T, H, hd) and returned as a transposed view, so a later
@@ -61,6 +63,7 @@ Rule 5, attention kernels (``SDPA``). On CUDA ``F.scaled_dot_product_attention``
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import torch
@@ -134,21 +137,54 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def sdpa_kernel(q: torch.Tensor, attn_mask: Optional[torch.Tensor]) -> str:
-    """Which CUDA kernel PyTorch picks by default for training: "flash" or "efficient"."""
-    if q.dtype in (torch.float16, torch.bfloat16) and attn_mask is None and q.shape[-1] <= 256:
-        return "flash"
-    return "efficient"
+# The card whose kernels the simulation follows (None: any sm_80+ card, flash for 16-bit inputs).
+# Set with ``on_card``; a module-level setting, so the CudaSemantics that checkpointing creates for
+# its recomputation (see CudaSemantics) follows the same card.
+_CARD = None
+
+
+@contextlib.contextmanager
+def on_card(card):
+    """Inside this context rule 5 picks the kernel ``card`` (a gpus.GpuSpec or a name) dispatches,
+    by gpus.sdpa_backend (e.g. memory-efficient on a T4 in fp16), instead of flash for 16-bit."""
+    global _CARD
+    from .gpus import GpuSpec, gpu
+    prev, _CARD = _CARD, (card if isinstance(card, GpuSpec) or card is None else gpu(card))
+    try:
+        yield _CARD
+    finally:
+        _CARD = prev
+
+
+def kernel_for(card, dtype: torch.dtype, head_dim: int, has_mask: bool, dropout: float = 0.0) -> str:
+    """Rule 5's kernel: "flash" or "efficient". Without a card: flash for fp16/bf16 without a mask and
+    head_dim <= 256 (sm_80+), else memory-efficient. With one: gpus.sdpa_backend's choice; the math
+    (and cuDNN) kernels are not simulated, so they raise with a sentence saying what to change."""
+    if card is None:
+        return "flash" if dtype in (torch.float16, torch.bfloat16) and not has_mask and head_dim <= 256 \
+            else "efficient"
+    from .gpus import sdpa_backend
+    kernel = sdpa_backend(card, dtype, head_dim, has_mask=has_mask, dropout=dropout)
+    if kernel not in ("flash", "efficient"):
+        raise ValueError(f"on the {card.name} ({card.sm_name}) SDPA runs its {kernel} kernel for {dtype} with "
+                         f"head_dim {head_dim}, which is not simulated; use attention='eager' (it saves the "
+                         f"same T x T probabilities) or another precision.")
+    return kernel
+
+
+def sdpa_kernel(q: torch.Tensor, attn_mask: Optional[torch.Tensor], dropout: float = 0.0) -> str:
+    """Which CUDA kernel PyTorch picks by default for training: "flash" or "efficient" (on_card's card)."""
+    return kernel_for(_CARD, q.dtype, q.shape[-1], attn_mask is not None, dropout)
 
 
 class CudaLikeSDPA(torch.autograd.Function):
     """Attention that saves and allocates what CUDA's flash / memory-efficient kernels do (rule 5)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, attn_mask, is_causal, scale):
+    def forward(ctx, q, k, v, attn_mask, is_causal, scale, dropout_p=0.0):
         B, H, T, hd = q.shape
         rep = H // k.shape[-3]         # grouped-query attention: each k/v head serves rep q heads
-        kernel = sdpa_kernel(q, attn_mask)
+        kernel = sdpa_kernel(q, attn_mask, dropout_p)
         # the kernels read the k/v heads in place; the CPU kernel needs them repeated (transient)
         kr, vr = (k, v) if rep == 1 else (k.repeat_interleave(rep, dim=-3), v.repeat_interleave(rep, dim=-3))
         out, lse = aten._scaled_dot_product_flash_attention_for_cpu(
@@ -191,7 +227,7 @@ class CudaLikeSDPA(torch.autograd.Function):
             Hk = H // rep
             dk = dk.view(B, Hk, rep, T, hd).sum(2)       # (B, Hk, T, hd)
             dv = dv.view(B, Hk, rep, T, hd).sum(2)
-        return dq, dk, dv, None, None, None
+        return dq, dk, dv, None, None, None, None
 
 
 def _autocast_lower_precision(*tensors):
@@ -215,7 +251,7 @@ def _cuda_like_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=
         attn_mask = torch.zeros_like(attn_mask, dtype=query.dtype).masked_fill(~attn_mask, float("-inf"))
     if key.shape[-3] != query.shape[-3] and not enable_gqa:
         raise ValueError("query and key have different numbers of heads; pass enable_gqa=True.")
-    return CudaLikeSDPA.apply(query, key, value, attn_mask, is_causal, scale)
+    return CudaLikeSDPA.apply(query, key, value, attn_mask, is_causal, scale, float(dropout_p))
 
 
 class CudaSemantics(TorchFunctionMode):

@@ -213,7 +213,7 @@ def sdpa_backend(spec: GpuSpec, dtype: torch.dtype, head_dim: int, has_mask: boo
     On an H100 this matters: cuDNN attention is on by default for sm_90 since torch 2.9
     (pytorch/pytorch#162073) once the runtime cuDNN is new enough, so with a wheel that ships cuDNN
     > 9.15.0 an H100 runs "cudnn", not "flash"; pass the runtime's torch.backends.cudnn.version().
-    Note: cuda_rules.sdpa_kernel (the CPU simulation) ignores the card; this function does not."""
+    The CPU simulation follows this choice inside ``cuda_rules.on_card(spec)``, the estimator with ``gpu=``."""
     if head_dim <= 0:
         raise ValueError(f"head_dim must be a positive integer, got {head_dim}.")
     if not 0.0 <= dropout < 1.0:

@@ -77,15 +77,15 @@ def parse_set(items: Optional[list[str]]) -> dict:
 
 
 # ------------------------------------------------------------------------ reading a config
-def read_config_file(path: str) -> dict:
-    """The JSON of a config.json, or of the config.json inside a model directory."""
-    from . import zoo
+def read_config_file(path: str, zoo_names: tuple = ()) -> dict:
+    """The JSON of a config.json, or of the config.json inside a model directory (``zoo_names``: the
+    names the error message offers instead)."""
     p = Path(path)
     if p.is_dir():
         p = p / "config.json"
     if not p.is_file():
         raise ConfigError(f"--model {path!r} is neither a zoo name nor an existing config.json or model directory "
-                          f"holding one; use one of: {', '.join(zoo.names())}, or a path to a config.json.")
+                          f"holding one; use one of: {', '.join(zoo_names) or 'a zoo name'}, or a path to a config.json.")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -112,7 +112,7 @@ def _fit_shrunk(d: dict, orig: dict, overrides: dict) -> None:
         d["layer_types"] = [types[i % len(types)] for i in range(n)]         # the pattern, cut or cycled
 
 
-def load_config(source: Any, overrides: Optional[dict] = None):
+def load_config(source: Any, overrides: Optional[dict] = None, zoo_names: tuple = ()):
     """A transformers config from a config.json path, a model directory, a dict with ``model_type`` or
     a PretrainedConfig, with ``overrides`` (each must be a field the config has) applied."""
     import transformers
@@ -124,7 +124,7 @@ def load_config(source: Any, overrides: Optional[dict] = None):
     elif isinstance(source, dict):
         orig = dict(source)
     elif isinstance(source, (str, Path)):
-        orig = read_config_file(str(source))
+        orig = read_config_file(str(source), zoo_names)
     else:
         raise ConfigError(f"--model must be a zoo name, a config.json path, a model directory, a dict or a "
                           f"transformers PretrainedConfig, not {type(source).__name__}.")
@@ -301,11 +301,12 @@ class Resolved:
                 "config": fields, "overrides": dict(self.overrides)}
 
 
-def resolve(model: Any, overrides: Optional[dict] = None, dropout: Optional[float] = None) -> Resolved:
+def resolve(model: Any, overrides: Optional[dict] = None, dropout: Optional[float] = None,
+            zoo_names: tuple = ()) -> Resolved:
     """A config path / directory / dict / PretrainedConfig with overrides and (optionally) every
     dropout set to ``dropout``."""
     overrides = dict(overrides or {})
-    cfg = load_config(model, overrides)
+    cfg = load_config(model, overrides, zoo_names)
     if dropout is not None:
         cfg = load_config(model, {**overrides, **dropout_overrides(cfg, dropout)})
     if isinstance(model, (str, Path)):

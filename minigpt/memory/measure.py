@@ -394,7 +394,8 @@ class Session:
 
 def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
-                 semantics: str = "cpu", *, keep_outputs: bool = True) -> MemoryReport:
+                 semantics: str = "cpu", *, keep_outputs: bool = True,
+                 events: Optional[list] = None) -> MemoryReport:
     """Peak memory of one training step, split into buckets (see buckets.py).
 
     Args:
@@ -417,6 +418,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
             cuda_rules.py: what a CUDA run would hold; labelled "simulated CUDA").
         keep_outputs: hold the model output (e.g. logits) until backward ends, as
             ``logits, loss = model(x, y); loss.backward()`` does. False frees it after the loss.
+        events: a list to receive the step's allocator events (tracker ``record_events``: the
+            registered states first, then the step), for ``allocator.replay``.
 
     What step is measured: this function first takes one *untracked* warm-up step (forward,
     backward, optimizer step), so the optimizer state exists, as in step 2 of real training. Then
@@ -439,7 +442,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs)
     s.step()  # the untracked warm-up step: optimizer state now exists
     gc.collect()
-    tracker = TensorTracker(semantics=s.semantics, gpu_only=(mode == "cuda"))
+    tracker = TensorTracker(semantics=s.semantics, gpu_only=(mode == "cuda"),
+                            record_events=events is not None)
     tracker.register_module(s.model)
     tracker.register_optimizer(s.opt)
     tracker.register(s.batch, "temporaries", data=True)
@@ -453,6 +457,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     t0 = time.perf_counter()
     s.step(tracker)
     seconds = time.perf_counter() - t0
+    if events is not None:
+        events.extend(tracker.events)
     notes = []
     tracker_peak = None
     peak = tracker.peak

@@ -32,6 +32,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten as _tree_flatten
 
+from .allocator import Event
 from .buckets import BUCKETS
 
 # Storages that a CUDA run keeps in host memory (AdamW's non-capturable ``step`` counters and the
@@ -95,12 +96,17 @@ class TensorTracker(TorchDispatchMode):
     ``semantics="cuda"`` keeps AdamW's step counters out of the GPU total (see cuda_rules.py);
     ``gpu_only=True`` (real CUDA runs) keeps every host-memory storage out of it.
     ``timeline=True`` records the live bytes per bucket after every op.
+    ``record_events=True`` logs every storage the device holds as allocator events in
+    ``tracker.events`` (alloc with its bytes and bucket, free), for allocator.replay.
     """
 
     buckets: tuple[str, ...] = BUCKETS   # a subclass may add its own (distributed.py: communication)
 
-    def __init__(self, semantics: str = "cpu", timeline: bool = False, gpu_only: bool = False):
+    def __init__(self, semantics: str = "cpu", timeline: bool = False, gpu_only: bool = False,
+                 record_events: bool = False):
         super().__init__()
+        self.events: Optional[list[Event]] = [] if record_events else None
+        self._alloc_ev: dict[int, Event] = {}   # serial -> its alloc event (record_events only)
         # gpu_only (real CUDA runs): storages in host memory are booked as HOST, outside the buckets
         self.gpu_only = gpu_only
         if semantics not in ("cpu", "cuda"):
@@ -156,7 +162,18 @@ class TensorTracker(TorchDispatchMode):
         self._by_key[key] = serial
         self.live[bucket] += rec.nbytes
         self._events += 1
+        if self.events is not None and bucket != HOST:
+            self._log_alloc(rec, serial)
         return rec
+
+    def _log_alloc(self, rec: _Rec, eid: int) -> None:
+        ev = self._alloc_ev[rec.serial] = Event("alloc", eid, rec.nbytes, rec.bucket)
+        self.events.append(ev)
+
+    def _log_free(self, rec: _Rec) -> None:
+        ev = self._alloc_ev.pop(rec.serial, None)
+        if ev is not None:
+            self.events.append(Event("free", ev.id, ev.size, rec.bucket))
 
     def _free(self, serial: int) -> None:
         rec = self._recs.pop(serial, None)
@@ -164,6 +181,8 @@ class TensorTracker(TorchDispatchMode):
             return
         self.live[rec.bucket] -= rec.nbytes
         self._events += 1
+        if self.events is not None:
+            self._log_free(rec)
         if self._by_key.get(rec.key) == serial:
             del self._by_key[rec.key]
 
@@ -173,7 +192,14 @@ class TensorTracker(TorchDispatchMode):
         if rec.bucket != bucket:
             self.live[rec.bucket] -= rec.nbytes
             self.live[bucket] += rec.nbytes
+            if self.events is not None:   # the alloc is named after its final bucket
+                if bucket == HOST:
+                    self._log_free(rec)
+                elif rec.serial in self._alloc_ev:
+                    self._alloc_ev[rec.serial].tag = bucket
             rec.bucket = bucket
+            if self.events is not None and rec.serial not in self._alloc_ev and bucket != HOST:
+                self._log_alloc(rec, rec.serial)
             # a tensor saved (or accumulated as .grad) right after it was made was an activation
             # (a gradient) from birth: if nothing was allocated or freed since the peak was
             # recorded, the peak's bucket split is updated too
@@ -187,7 +213,12 @@ class TensorTracker(TorchDispatchMode):
         n = self._nbytes(st)
         if n != rec.nbytes:  # resize_ / out= ops can grow a storage in place
             self.live[rec.bucket] += n - rec.nbytes
+            old = self._alloc_ev.get(rec.serial) if self.events is not None else None
             rec.nbytes = n
+            if old is not None:  # a resize is a new block, then the old one is freed
+                self._serial += 1
+                self._log_alloc(rec, self._serial)
+                self.events.append(Event("free", old.id, old.size, rec.bucket))
 
     # ---------------------------------------------------------------------- registration
     def register(self, tensors: Any, bucket: str, *, data: bool = False, weight: bool = False) -> None:

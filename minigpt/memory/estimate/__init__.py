@@ -117,6 +117,7 @@ from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_
                    resolve_config, resolve_model, resolve_targets, spec_from_config, zoo_source)
 from .sharding import SHARDINGS, shard_states  # noqa: F401  (SHARDINGS: the CLI's choices)
 from .states import _param_bytes, _shard, model_states, nf4_bytes
+from .layers import sdpa_kernel
 from .walk import _Ctx
 
 __all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZERS",
@@ -154,7 +155,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
              dropout: Optional[float] = None, batch: int = 1, seq: int = 128,
              checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
              head_trainable: bool = True, sharding: str = "flat", rank_index: int = 0,
-             lora_dropout: float = 0.0, **overrides) -> Estimate:
+             lora_dropout: float = 0.0, gpu: Any = None, **overrides) -> Estimate:
     """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
 
     Args:
@@ -189,6 +190,9 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             split), "fsdp2" (PyTorch FSDP2, zero=3: per-parameter dim-0 shards, padded) or "ddp"
             (DistributedDataParallel with gradient buckets; zero=1 adds ZeroRedundancyOptimizer);
             the last two differ by rank: ``rank_index`` says which rank to predict.
+        gpu: a card (a gpus.GpuSpec or a name of gpus.gpu: "t4", "a100-80gb", ...): SDPA then uses the
+            kernel that card dispatches (gpus.sdpa_backend: memory-efficient on a T4 or V100 in fp16),
+            and bf16 is refused on cards without it. None: flash for 16-bit inputs (any sm_80+ card).
     """
     _choice("method", method, METHODS)
     _choice("precision", precision, PRECISIONS)
@@ -223,7 +227,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                                    double_quant=double_quant, precision=precision, optimizer=optimizer,
                                    attention=attention, batch=batch, seq=seq, checkpointing=checkpointing,
                                    semantics=semantics, gpus=gpus, zero=zero, sharding=sharding,
-                                   head_trainable=head_trainable, lora_dropout=lora_dropout)
+                                   head_trainable=head_trainable, lora_dropout=lora_dropout,
+                                   gpu=_card(gpu, precision))
         spec, name = spec_from_config(src.config, src.name), src.name
     elif isinstance(model, str):
         from .. import zoo
@@ -251,6 +256,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     if limit is not None and seq > limit:
         raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}"
                           + (" (or a config with rope_scaling)." if spec.family == "llama" else "."))
+    card = _card(gpu, precision)
     tg = resolve_targets(spec, targets) if method != "full" else ()
     states = model_states(spec, method, precision, optimizer, rank, tg, double_quant, semantics, head_trainable)
     shapes = {n: (i, o) for n, i, o, _ in linear_layers(spec)}
@@ -260,7 +266,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             raise EstimateError(f"rank={rank} is too large for layer {n!r} ({fin} -> {fout}); use rank <= {min(fin, fout)}.")
     ctx = _Ctx(spec, batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
                method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
-               states.head_modules, checkpointing, float(lora_dropout))
+               states.head_modules, checkpointing, float(lora_dropout), card)
     fw = forward_walk(ctx)
 
     # sharding (ZeRO): divide the model states each GPU keeps
@@ -316,6 +322,12 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     if precision.startswith("amp") and method == "full":
         notes.append("autocast keeps a 16-bit copy of every Linear weight through the step (weight_copies): "
                      "16 persistent bytes per parameter + 2 at the peak.")
+    if card is not None and attention == "sdpa" and semantics == "cuda":
+        el = 2 if precision != "fp32" else 4
+        notes.append(f"SDPA on the {card.name} ({card.sm_name}): {sdpa_kernel(ctx, el, spec.attn_dropout)} kernel "
+                     "(gpus.sdpa_backend)" + (" -- a wheel with cuDNN > 9.15.0 runs cuDNN attention here instead "
+                                              "(pytorch/pytorch#162073), which is not modelled." if card.sm[0] in (9, 10)
+                                              and el == 2 else "."))
     if where.get(phase):
         notes.append(f"peak at: {phase}, {where[phase]}.")
     config = dict(model=name, method=method, rank=rank if method != "full" else None,
@@ -326,7 +338,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                   lora_dropout=float(lora_dropout) if method != "full" else None,
                   batch=batch, seq=seq, checkpointing=bool(checkpointing), semantics=semantics,
                   gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
-                  spec=src.describe() if src is not None else None)
+                  gpu=None if card is None else card.aliases[0], spec=src.describe() if src is not None else None)
     model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,
                    "gradients": states.gradients, "optimizer": states.optimizer}
     return Estimate(peak=peak, buckets=split, peak_phase=phase,
@@ -335,6 +347,21 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                     n_params=states.n_params, n_trainable=states.n_trainable, paged_bytes=states.paged,
                     host_bytes=states.host, activation_terms=dict(fw.terms), notes=notes,
                     communication=comm.get(phase, 0))
+
+
+def _card(gpu: Any, precision: str):
+    """The GpuSpec of ``gpu`` (None stays None); bf16 on a card without it is one clear error."""
+    if gpu is None:
+        return None
+    from ..gpus import GpuSpec
+    from ..gpus import gpu as by_name
+    try:
+        card = gpu if isinstance(gpu, GpuSpec) else by_name(str(gpu))
+    except ValueError as e:
+        raise EstimateError(str(e)) from None
+    if "bf16" in precision and not card.bf16:
+        raise EstimateError(f"the {card.aliases[0].upper()} ({card.sm_name}) has no bf16; use amp-fp16 or fp32.")
+    return card
 
 
 def asdict_shallow(spec: ModelSpec) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .spec import EstimateError
 from .walk import _T, _WalkCore
 
 
@@ -194,8 +195,8 @@ class _Walk(_WalkCore):
             if c.spec.n_kv_head != H and family == "minigpt":   # repeat_interleave copies
                 k, v = self.new_like(k, numel=q.numel), self.new_like(v, numel=q.numel)
             if c.cuda:
-                # cuda_rules.CudaLikeSDPA: flash (16-bit) or memory-efficient (fp32) kernel
-                flash = el == 2
+                # cuda_rules.CudaLikeSDPA: flash or memory-efficient, as the card dispatches
+                flash = sdpa_kernel(c, el, p) == "flash"
                 lse_T = T if flash else -(-T // 32) * 32
                 out = _T(B * T * H * hd, el, grad)
                 if grad:
@@ -300,3 +301,17 @@ class _Walk(_WalkCore):
         loss = _T(1, el, logits.grad)
         self.record("nll_loss", [lsm], [loss])
         return loss
+
+
+def sdpa_kernel(c, el: int, p: float) -> str:
+    """The CUDA SDPA kernel of rule 5 for inputs of ``el`` bytes: cuda_rules.kernel_for on ctx.card
+    (no card: flash for 16-bit, memory-efficient for fp32)."""
+    if c.card is None:
+        return "flash" if el == 2 else "efficient"
+    import torch
+    from ..cuda_rules import kernel_for
+    dtype = torch.float32 if el == 4 else torch.float16 if "fp16" in c.precision else torch.bfloat16
+    try:
+        return kernel_for(c.card, dtype, c.spec.head_dim, has_mask=False, dropout=p)
+    except ValueError as e:
+        raise EstimateError(str(e)) from None

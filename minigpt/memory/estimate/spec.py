@@ -191,9 +191,9 @@ def is_config_source(model: Any) -> bool:
 
 def resolve_config(model: Any, overrides: Optional[dict] = None, dropout: Optional[float] = None):
     """minigpt.memory.hf_models.resolve, its errors as EstimateError."""
-    from .. import hf_models
+    from .. import hf_models, zoo
     try:
-        return hf_models.resolve(model, overrides, dropout)
+        return hf_models.resolve(model, overrides, dropout, tuple(zoo.names()))
     except ValueError as e:
         raise EstimateError(str(e)) from None
 

@@ -95,9 +95,10 @@ def measured_model_state(report) -> dict:
 def trace(src, method: str = "full", rank: int = 8, alpha: float = 16.0, targets: Any = "q,v",
           double_quant: bool = False, precision: str = "fp32", optimizer: str = "adamw", attention: str = "sdpa",
           batch: int = 1, seq: int = 128, checkpointing: bool = False, semantics: str = "cuda", mode: str = "fake",
-          lora_dropout: float = 0.0):
-    """(MemoryReport of one step of ``src``'s model, the builder's info). Bad arguments: EstimateError."""
-    from .. import hf_models
+          lora_dropout: float = 0.0, gpu: Any = None):
+    """(MemoryReport of one step of ``src``'s model, the builder's info); ``gpu``: the card whose SDPA
+    kernel the CUDA rules pick (cuda_rules.on_card). Bad arguments: EstimateError."""
+    from .. import cuda_rules, hf_models
     from ..measure import measure_step
     for name, v in (("batch", batch), ("seq", seq), ("rank", rank)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -110,8 +111,9 @@ def trace(src, method: str = "full", rank: int = 8, alpha: float = 16.0, targets
                                  lora_dropout=lora_dropout)
     data = hf_models.make_batch(src.config, batch, seq)
     try:
-        rep = measure_step(make, data, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
-                           mode=mode, semantics=semantics)
+        with cuda_rules.on_card(gpu):
+            rep = measure_step(make, data, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
+                               mode=mode, semantics=semantics)
     except (_BuildError, hf_models.ConfigError) as e:
         raise EstimateError(str(e)) from None
     return rep, info
@@ -121,7 +123,8 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
                     targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
                     optimizer: str = "adamw", attention: str = "sdpa", batch: int = 1, seq: int = 128,
                     checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
-                    sharding: str = "flat", head_trainable: bool = True, lora_dropout: float = 0.0) -> Estimate:
+                    sharding: str = "flat", head_trainable: bool = True, lora_dropout: float = 0.0,
+                    gpu: Any = None) -> Estimate:
     """An Estimate from a fake-tensor trace of the step (see the module docstring); ``why`` says why
     the closed form does not apply (closed_form_reason)."""
     from ...precision import RUNNABLE
@@ -137,7 +140,7 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
         raise EstimateError(f"{why}, and its fake-tensor trace cannot run qlora with pure 16-bit weights; use "
                             f"amp-bf16 or amp-fp16.")
     rep, info = trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, batch, seq,
-                      checkpointing, semantics, "fake", lora_dropout)
+                      checkpointing, semantics, "fake", lora_dropout, gpu)
     note = f"traced on fake tensors ({why})"
     if info["conv1d"]:
         note += f"; its {info['conv1d']} Conv1D layers traced as nn.Linear of the same shape (same bytes)"
@@ -150,7 +153,7 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
                   optimizer=optimizer, attention=attention, dropout=max(drop, default=0.0),
                   lora_dropout=float(lora_dropout) if lora else None, batch=batch, seq=seq,
                   checkpointing=bool(checkpointing), semantics=semantics, gpus=1, zero=0, sharding="flat",
-                  rank_index=0, spec=src.describe())
+                  rank_index=0, gpu=None if gpu is None else gpu.aliases[0], spec=src.describe())
     fwd = rep.phases.get("forward", {}).get("buckets", {})
     return Estimate(peak=rep.peak, buckets=dict(rep.buckets), peak_phase=rep.peak_phase,
                     phases={p: {"peak": v["peak"], "buckets": dict(v["buckets"])} for p, v in rep.phases.items()},

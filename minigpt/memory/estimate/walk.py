@@ -2,7 +2,7 @@
 (save for backward, casts, dropout, activations); the layers themselves are in layers.py."""
 from __future__ import annotations
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 from .spec import ModelSpec, _inside, linear_layers
 from .states import _half, _param_bytes
 
@@ -51,6 +51,7 @@ class _Ctx:
     trainable_mods: tuple
     checkpointing: bool = False
     lora_p: float = 0.0     # LoRA dropout on each adapter's input (minigpt.lora / peft lora_dropout)
+    card: Any = None        # gpus.GpuSpec whose SDPA kernel the CUDA semantics follow (None: flash for 16-bit)
 
     @property
     def N(self) -> int:

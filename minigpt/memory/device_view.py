@@ -204,8 +204,10 @@ def view_for_estimate(est, card: Optional[gpus.GpuSpec] = None, events: Optional
     """The three numbers of a closed-form estimate; reserved needs ``events`` (from ``trace``)."""
     ws = WORKSPACES * workspace_bytes(card)
     alloc = est.peak + ws
+    # an Estimate of an architecture the closed form does not describe is a fake-tensor trace
+    what = "fake-tensor trace" if "fake-tensor trace" in est.label else "closed form"
     allocated = Number("allocated peak", alloc, alloc, ESTIMATED,
-                       f"closed form {est.peak:,} B + {WORKSPACES} cuBLAS workspaces {ws:,} B")
+                       f"{what} {est.peak:,} B + {WORKSPACES} cuBLAS workspaces {ws:,} B")
     if events is not None:
         _, reserved = _replayed(events, card)
     else:

@@ -98,7 +98,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument("--dropout", type=_prob, default=None, help="the model's own dropout (default: its config's)")
     p.add_argument("--lora-dropout", type=_prob, default=0.0, help="dropout on each adapter's input (lora, qlora)")
-    p.add_argument("--batch", type=_pos_int, default=1)
+    p.add_argument("--batch", type=_pos_int, default=1, help="rows per optimizer step (per GPU)")
+    p.add_argument("--micro-batch", type=_pos_int, default=None,
+                   help="rows per forward/backward: gradient accumulation over batch / micro-batch of them")
+    p.add_argument("--no-set-to-none", dest="set_to_none", action="store_false",
+                   help="zero_grad(set_to_none=False): zeroed gradients stay allocated through the step")
     p.add_argument("--seq", type=_pos_int, default=128)
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--mode", choices=MODES, default="fake")
@@ -151,7 +155,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                        f"config field; use its own flag (--{clash[0].replace('_', '-')}) instead.\n")
     kwargs = dict(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, targets=a.targets,
                   double_quant=a.double_quant, precision=a.precision, optimizer=a.optimizer,
-                  attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch, seq=a.seq,
+                  attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch,
+                  micro_batch=a.micro_batch, set_to_none=a.set_to_none, seq=a.seq,
                   checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero, **overrides)
     if a.command != "estimate" and (a.sharding != "flat" or a.rank_index):
         parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "

@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..precision import RUNNABLE, compute_dtype
 from .buckets import BUCKETS, GiB, MiB, MODEL_STATE_BUCKETS
-from .estimate import (METHODS, Estimate, EstimateError, closed_form_reason, estimate, is_config_source,
-                       resolve_config, resolve_model, resolve_targets)
+from .estimate import (METHODS, Estimate, EstimateError, accumulation_steps, closed_form_reason, estimate,
+                       is_config_source, resolve_config, resolve_model, resolve_targets)
 from .estimate.traced import adapted_factory, measured_model_state, trace
 
 
@@ -94,8 +94,12 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
             targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
             optimizer: str = "adamw", attention: str = "sdpa", dropout: Optional[float] = None,
             batch: int = 1, seq: int = 128, checkpointing: bool = False, mode: str = "fake",
-            semantics: str = "cuda", gpus: int = 1, zero: int = 0, lora_dropout: float = 0.0, **overrides):
-    """measure_step on the model ``estimate`` would describe with the same arguments."""
+            semantics: str = "cuda", gpus: int = 1, zero: int = 0, lora_dropout: float = 0.0,
+            micro_batch: Optional[int] = None, set_to_none: bool = True, events: Optional[list] = None,
+            **overrides):
+    """measure_step on the model ``estimate`` would describe with the same arguments (with
+    ``micro_batch``, each forward runs ``micro_batch`` rows, accumulated batch // micro_batch times).
+    ``events``: a list to receive the step's allocator events (allocator.replay)."""
     from . import zoo
     from .measure import measure_step
     if mode not in MODES:
@@ -105,18 +109,22 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
         src = resolve_config(model, overrides, dropout)
         if not closed_form_reason(src.config, seq):   # cheap: the estimator validates the arguments
             estimate(src.config, method, rank, alpha, targets, double_quant, precision, optimizer, attention,
-                     None, batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout)
-        return trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, batch, seq,
-                     checkpointing, semantics, mode, lora_dropout)[0]
+                     None, batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout,
+                     micro_batch=micro_batch, set_to_none=set_to_none)
+        step_batch, acc = accumulation_steps(batch, micro_batch)
+        return trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, step_batch,
+                     seq, checkpointing, semantics, mode, lora_dropout, None, acc, set_to_none, events)[0]
     # the estimator validates everything else (and we fail before building anything)
     estimate(model, method, rank, alpha, targets, double_quant, precision, optimizer, attention, dropout,
-             batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, **overrides)
+             batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, micro_batch=micro_batch,
+             set_to_none=set_to_none, **overrides)
+    step_batch, acc = accumulation_steps(batch, micro_batch)
     make = build_factory(model, method, rank, alpha, targets, double_quant, precision, attention, dropout,
                          lora_dropout=lora_dropout, **overrides)
     vocab = {k: v for k, v in overrides.items() if k == "vocab_size"}
-    batch_t = zoo.make_batch(model, batch, seq, **vocab)
-    return measure_step(make, batch_t, optimizer=optimizer, precision=precision,
-                        checkpointing=checkpointing, mode=mode, semantics=semantics)
+    batch_t = zoo.make_batch(model, step_batch, seq, **vocab)
+    return measure_step(make, batch_t, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
+                        mode=mode, semantics=semantics, accumulation=acc, set_to_none=set_to_none, events=events)
 
 
 def compare(**kwargs) -> tuple[Estimate, Any]:

@@ -171,23 +171,12 @@ def _smi(reserved: Number, card: Optional[gpus.GpuSpec], loading: str,
 def trace(card: Optional[gpus.GpuSpec] = None, mode: str = "fake", **kwargs) -> tuple[Any, list[Event]]:
     """measure_step on the model of ``estimate(**kwargs)`` (fake tensors, CUDA semantics, the card's
     SDPA kernel), with its allocator events. Raises EstimateError for a step measure cannot run."""
-    from . import cuda_rules, zoo
-    from .compare import _measure_args_check, build_factory
-    from .measure import measure_step
-    kw = dict(kwargs)
-    run = {k: kw.pop(k) for k in ("optimizer", "batch", "seq", "checkpointing", "semantics", "gpus", "zero")
-           if k in kw}
-    _measure_args_check(kw.get("precision", "fp32"), run.get("optimizer", "adamw"), run.get("gpus", 1),
-                        run.get("zero", 0), kw.get("method", "full"))
-    name = kw.pop("model", "small")
-    make = build_factory(name, **kw)
-    vocab = {k: v for k, v in kw.items() if k == "vocab_size"}
-    batch = zoo.make_batch(name, run.get("batch", 1), run.get("seq", 128), **vocab)
+    from . import cuda_rules
+    from .compare import measure
+    kw = {k: v for k, v in kwargs.items() if k not in ("sharding", "rank_index", "gpu")}
     events: list[Event] = []
     with cuda_rules.on_card(card):
-        rep = measure_step(make, batch, optimizer=run.get("optimizer", "adamw"), precision=kw.get("precision", "fp32"),
-                           checkpointing=run.get("checkpointing", False), mode=mode,
-                           semantics=run.get("semantics", "cuda"), events=events)
+        rep = measure(mode=mode, events=events, **kw)
     return rep, events
 
 

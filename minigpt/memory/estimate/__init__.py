@@ -122,7 +122,7 @@ from .walk import _Ctx
 
 __all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZERS",
            "PRECISIONS", "SEMANTICS", "ZERO_STAGES", "LABEL", "Estimate", "EstimateError", "ModelSpec", "PTensor",
-           "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
+           "accumulation_steps", "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
            "lora_plan", "model_names", "model_states", "n_parameters", "nf4_bytes", "parameter_inventory",
            "replay_step", "resolve_model", "resolve_targets", "spec_from_config"]
 
@@ -155,7 +155,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
              dropout: Optional[float] = None, batch: int = 1, seq: int = 128,
              checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
              head_trainable: bool = True, sharding: str = "flat", rank_index: int = 0,
-             lora_dropout: float = 0.0, gpu: Any = None, **overrides) -> Estimate:
+             lora_dropout: float = 0.0, gpu: Any = None, micro_batch: Optional[int] = None,
+             set_to_none: bool = True, **overrides) -> Estimate:
     """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
 
     Args:
@@ -181,6 +182,12 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         lora_dropout: dropout on each adapter's input (peft's ``lora_dropout``; 0 by default, as
             in minigpt.lora and peft); it does not change the model's own dropout.
         batch, seq: batch size and sequence length (per GPU).
+        micro_batch: gradient accumulation: each forward/backward sees ``micro_batch`` rows and
+            ``batch // micro_batch`` of them are summed before the optimizer step (None: no
+            accumulation). From the second micro-batch on the gradients are alive through forward
+            and backward, so the peak is that micro-batch's.
+        set_to_none: ``zero_grad(set_to_none=...)``; False keeps zeroed gradients allocated through
+            forward and backward (the same effect on the peak as accumulation).
         checkpointing: gradient checkpointing of every block.
         semantics: "cuda" (what CUDA kernels hold: bool dropout masks, flash attention, CUDA's
             autocast lists, foreach optimizers, step counters on the host) or "cpu".
@@ -201,6 +208,11 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     _choice("semantics", semantics, SEMANTICS)
     _choice("zero", zero, ZERO_STAGES)
     batch, seq, gpus = _positive_int("batch", batch), _positive_int("seq", seq), _positive_int("gpus", gpus)
+    step_batch, accumulation = accumulation_steps(batch, micro_batch)
+    grads_alive = accumulation > 1 or not set_to_none
+    if grads_alive and (zero >= 2 or sharding == "fsdp2"):
+        raise EstimateError("gradient accumulation and set_to_none=False are modelled with unsharded gradients "
+                            "only; use zero 0 or 1 (sharding flat or ddp).")
     if method != "full":
         _positive_int("rank", rank)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
@@ -225,7 +237,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             from .traced import traced_estimate
             return traced_estimate(src, why, method=method, rank=rank, alpha=alpha, targets=targets,
                                    double_quant=double_quant, precision=precision, optimizer=optimizer,
-                                   attention=attention, batch=batch, seq=seq, checkpointing=checkpointing,
+                                   attention=attention, batch=step_batch, seq=seq, checkpointing=checkpointing,
+                                   accumulation=accumulation, set_to_none=set_to_none,
                                    semantics=semantics, gpus=gpus, zero=zero, sharding=sharding,
                                    head_trainable=head_trainable, lora_dropout=lora_dropout,
                                    gpu=_card(gpu, precision))
@@ -264,7 +277,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         fin, fout = shapes[n]
         if rank > min(fin, fout):
             raise EstimateError(f"rank={rank} is too large for layer {n!r} ({fin} -> {fout}); use rank <= {min(fin, fout)}.")
-    ctx = _Ctx(spec, batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
+    ctx = _Ctx(spec, step_batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
                method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
                states.head_modules, checkpointing, float(lora_dropout), card)
     fw = forward_walk(ctx)
@@ -301,7 +314,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                      "(tests/memory/test_distributed.py); with adapters it follows the same rules, unmeasured.")
     peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
                         opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
-                        extra_copies=gather, fsdp=plan, ddp_buckets=sharding == "ddp")
+                        extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or grads_alive)
     comm = {}
     for ph, (tot, b) in list(peaks.items()):
         if ph != "_where" and "communication" in b:
@@ -328,6 +341,12 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                      "(gpus.sdpa_backend)" + (" -- a wheel with cuDNN > 9.15.0 runs cuDNN attention here instead "
                                               "(pytorch/pytorch#162073), which is not modelled." if card.sm[0] in (9, 10)
                                               and el == 2 else "."))
+    if accumulation > 1:
+        notes.append(f"gradient accumulation: {accumulation} micro-batches of {step_batch}; from the second on "
+                     "the gradients are alive through forward and backward (autograd adds into them).")
+    elif not set_to_none:
+        notes.append("zero_grad(set_to_none=False): the zeroed gradients stay allocated through forward and "
+                     "backward (autograd adds into them).")
     if where.get(phase):
         notes.append(f"peak at: {phase}, {where[phase]}.")
     config = dict(model=name, method=method, rank=rank if method != "full" else None,
@@ -336,8 +355,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                   double_quant=bool(double_quant), precision=precision, optimizer=optimizer,
                   attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
                   lora_dropout=float(lora_dropout) if method != "full" else None,
-                  batch=batch, seq=seq, checkpointing=bool(checkpointing), semantics=semantics,
-                  gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
+                  batch=batch, micro_batch=step_batch, accumulation=accumulation, set_to_none=bool(set_to_none),
+                  seq=seq, checkpointing=bool(checkpointing), semantics=semantics, gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
                   gpu=None if card is None else card.aliases[0], spec=src.describe() if src is not None else None)
     model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,
                    "gradients": states.gradients, "optimizer": states.optimizer}
@@ -362,6 +381,17 @@ def _card(gpu: Any, precision: str):
     if "bf16" in precision and not card.bf16:
         raise EstimateError(f"the {card.aliases[0].upper()} ({card.sm_name}) has no bf16; use amp-fp16 or fp32.")
     return card
+
+
+def accumulation_steps(batch: int, micro_batch: Optional[int]) -> tuple[int, int]:
+    """(rows per forward, micro-batches per optimizer step) for ``batch`` split into ``micro_batch``."""
+    if micro_batch is None:
+        return batch, 1
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or not 1 <= micro_batch <= batch \
+            or batch % micro_batch:
+        raise EstimateError(f"micro_batch must be a positive divisor of batch={batch} (the rows of one forward), "
+                            f"got {micro_batch!r}.")
+    return micro_batch, batch // micro_batch
 
 
 def asdict_shallow(spec: ModelSpec) -> dict:

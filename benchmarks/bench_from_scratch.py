@@ -125,14 +125,25 @@ def bench_nf4(repeats: int, rounds: int) -> dict:
 
     t = race(lambda: quantize_nf4(w), lambda: bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4"), repeats)
     report("NF4 quantise   4096x4096 fp32", *t, "bitsandbytes")
-    per_round = rounds_of([lambda: dequantize_nf4(q), lambda: _old_dequantize_nf4(q), theirs], repeats, rounds)
-    new, old, bnb = (statistics.median(r[k] for r in per_round) for k in range(3))
-    vs_bnb, vs_old = median_ratio(per_round, 2, 0), median_ratio(per_round, 1, 0)
-    print(f"{'NF4 dequantise 4096x4096 -> fp32':<34} new {1e3 * new:6.1f} ms   old {1e3 * old:6.1f} ms   "
-          f"bitsandbytes {1e3 * bnb:6.1f} ms", flush=True)
-    print(f"    speed vs bitsandbytes {vs_bnb:4.2f}x (old code {median_ratio(per_round, 2, 1):4.2f}x), "
-          f"new vs old {vs_old:4.2f}x; median of {rounds} rounds: "
-          + ", ".join(f"{r[2] / r[0]:.2f}x" for r in per_round), flush=True)
+    # The race at the course's thread count (set_seed: 2), then on one thread: bitsandbytes' kernel
+    # is one OpenMP loop, ours three torch ops (index, gather, scale), each a parallel region that
+    # waits for both threads: on a machine shared with other jobs that wait is what 2 threads cost.
+    races = {}
+    threads = torch.get_num_threads()
+    for n in dict.fromkeys((threads, 1)):
+        torch.set_num_threads(n)
+        per_round = rounds_of([lambda: dequantize_nf4(q), lambda: _old_dequantize_nf4(q), theirs], repeats, rounds)
+        new, old, bnb = (statistics.median(r[k] for r in per_round) for k in range(3))
+        vs_bnb, old_vs_bnb, vs_old = (median_ratio(per_round, a, b) for a, b in ((2, 0), (2, 1), (1, 0)))
+        print(f"{f'NF4 dequantise 4096x4096, {n} thr':<34} new {1e3 * new:6.1f} ms   old {1e3 * old:6.1f} ms   "
+              f"bitsandbytes {1e3 * bnb:6.1f} ms", flush=True)
+        print(f"    speed vs bitsandbytes {vs_bnb:4.2f}x (old code {old_vs_bnb:4.2f}x), new vs old {vs_old:4.2f}x; "
+              f"rounds: " + ", ".join(f"{r[2] / r[0]:.2f}x" for r in per_round), flush=True)
+        races[f"{n}_threads"] = {"seconds": {"new": new, "old": old, "bitsandbytes": bnb},
+                                 "speed_vs_bitsandbytes": vs_bnb, "speed_vs_bitsandbytes_old_code": old_vs_bnb,
+                                 "new_vs_old_speedup": vs_old,
+                                 "speed_vs_bitsandbytes_per_round": [r[2] / r[0] for r in per_round]}
+    torch.set_num_threads(threads)
 
     # where the time goes: the steps of each path (_decode_levels), beside a bare 64 MiB allocation
     words = torch.tensor(_BYTE_TO_PAIR_WORDS)
@@ -143,7 +154,7 @@ def bench_nf4(repeats: int, rounds: int) -> dict:
     steps = {
         "new: uint16 pairs -> int32 indices": lambda: q.packed.view(torch.uint16).int(),
         "new: gather 4 levels per index": lambda: quads.index_select(0, idx16),
-        "new: build the 65,536-row table": lambda: torch.cat([lo, hi], dim=2),
+        "new: build the 65,536-row table (once)": lambda: torch.cat([lo, hi], dim=2),
         "old: uint8 codes -> int32 indices": lambda: q.packed.int(),
         "old: gather 2 levels per index": lambda: words.index_select(0, idx8),
         "both: scale by block absmax (in place)": lambda: _scale_blocks_(levels, q.absmax, 64),
@@ -154,10 +165,7 @@ def bench_nf4(repeats: int, rounds: int) -> dict:
         breakdown[what] = median_time(fn, repeats)
         print(f"    {what:<40} {1e3 * breakdown[what]:7.1f} ms", flush=True)
     return {"shape": [4096, 4096], "blocksize": 64, "bitsandbytes_path": "native CPU kernel",
-            "seconds": {"new": new, "old": old, "bitsandbytes": bnb},
-            "speed_vs_bitsandbytes": vs_bnb, "speed_vs_bitsandbytes_old_code": median_ratio(per_round, 2, 1),
-            "new_vs_old_speedup": vs_old, "speed_vs_bitsandbytes_per_round": [r[2] / r[0] for r in per_round],
-            "breakdown_seconds": breakdown}
+            "course_threads": threads, "races": races, "breakdown_seconds": breakdown}
 
 
 def bench_qlora_step(steps: int, rounds: int) -> dict:
@@ -285,10 +293,16 @@ def main() -> None:
     out["qlora_step"]["memory"] = qlora_step_memory()
     out["lora_layer"] = bench_lora(args.repeats, args.rounds)
     out["load_average_at_end"] = list(os.getloadavg())
-    got = {"dequantize_vs_bitsandbytes": out["nf4_dequantize"]["speed_vs_bitsandbytes"],
+    races = out["nf4_dequantize"]["races"]
+    got = {"dequantize_vs_bitsandbytes": races[f"{torch.get_num_threads()}_threads"]["speed_vs_bitsandbytes"],
+           "dequantize_vs_bitsandbytes_1_thread": races["1_threads"]["speed_vs_bitsandbytes"],
            "qlora_step_vs_lora": out["qlora_step"]["qlora_over_lora"],
            "lora_vs_peft": out["lora_layer"]["speed_vs_peft"]}
-    out["targets"] = {"dequantize >= 0.8x bitsandbytes": got["dequantize_vs_bitsandbytes"] >= TARGETS["dequantize_vs_bitsandbytes"],
+    out["ratios"] = got
+    out["targets"] = {f"dequantize >= 0.8x bitsandbytes ({torch.get_num_threads()} threads, the course's)":
+                      got["dequantize_vs_bitsandbytes"] >= TARGETS["dequantize_vs_bitsandbytes"],
+                      "dequantize >= 0.8x bitsandbytes (1 thread)":
+                      got["dequantize_vs_bitsandbytes_1_thread"] >= TARGETS["dequantize_vs_bitsandbytes"],
                       "QLoRA step <= 1.3x LoRA step": got["qlora_step_vs_lora"] <= TARGETS["qlora_step_vs_lora"],
                       "LoRA layer >= 1.0x peft": got["lora_vs_peft"] >= TARGETS["lora_vs_peft"]}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -333,17 +333,36 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant: bool
     return NF4Tensor(packed, codes, w.shape, w.dtype, blocksize, absmax_offset=offset, absmax_scale=scale)
 
 
+_QUAD_TABLES: dict[torch.device, torch.Tensor] = {}   # (65536,) complex128 per device, built on first use
+
+
+def _quad_table(words: torch.Tensor) -> torch.Tensor:
+    """The 65,536-row table of four levels, from the (256,) table of byte pairs (as 8-byte words).
+
+    Row (hi << 8) | lo holds the pair of byte lo, then that of byte hi. Kept per device once
+    built (1 MiB, a constant of the format like the 16 levels): building it is one more pass
+    over 1 MiB on every call. While a dispatch mode is active (minigpt.memory's tracker, fake
+    tensors) it is built afresh instead, so the mode sees a table made from constants, not a
+    tensor of unknown origin.
+    """
+    cached = _QUAD_TABLES.get(words.device)
+    if cached is not None and torch._C._len_torch_dispatch_stack() == 0:
+        return cached
+    lo, hi = words.view(1, 256, 1).expand(256, 256, 1), words.view(256, 1, 1).expand(256, 256, 1)
+    quads = torch.cat([lo, hi], dim=2).view(65536, 2).view(torch.complex128).view(65536)
+    if torch._C._len_torch_dispatch_stack() == 0 and _is_concrete(words):
+        _QUAD_TABLES[words.device] = quads
+    return quads
+
+
 def _decode_levels(packed: torch.Tensor) -> torch.Tensor:
     """The levels of every packed byte, high nibble first: (2 * n_bytes,) float32, unscaled."""
     words = _table(_BYTE_TO_PAIR_WORDS, packed, torch.int64)                  # (256,) = (256, 2) levels
     n_bytes = packed.numel()
     if (n_bytes * 2 >= _QUAD_MIN_NUMEL and n_bytes % 2 == 0 and _LITTLE_ENDIAN
             and packed.is_contiguous() and packed.storage_offset() % 2 == 0):
-        # row (hi << 8) | lo of the 256 x 256 table holds the pair of byte lo, then that of byte hi
-        lo, hi = words.view(1, 256, 1).expand(256, 256, 1), words.view(256, 1, 1).expand(256, 256, 1)
-        quads = torch.cat([lo, hi], dim=2).view(65536, 2).view(torch.complex128)   # (65536, 1)
         pairs_of_bytes = packed.view(torch.uint16).int()                            # (n_bytes / 2,)
-        return quads.view(65536).index_select(0, pairs_of_bytes).view(torch.float32)
+        return _quad_table(words).index_select(0, pairs_of_bytes).view(torch.float32)
     return words.index_select(0, packed.int()).view(torch.float32)             # (n_bytes,) words
 
 

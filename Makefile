@@ -28,7 +28,7 @@ help:
 	@echo "make check-env  print OK/FAIL for Python, every pinned package, and CUDA"
 	@echo "make kernel     register the course's kernel for your user (VS Code, another Jupyter)"
 	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~10 min on 2 idle cores)"
-	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
+	@echo "make benchmark  from-scratch NF4/LoRA/QLoRA speed against bitsandbytes/peft (~4 min; benchmarks/results/speed_cpu.json)"
 	@echo "make benchmark-sharded  per-rank memory of ddp/zero1/fsdp2 on 1 and 2 CPU ranks vs the estimate (~1 min)"
 	@echo "make benchmark-minilm  MiniLM fine-tuned full / LoRA / QLoRA: accuracy, time, memory (~20 min)"
 	@echo "make benchmark-any-model  closed form vs fake-tensor trace, full-size Mistral-7B / Qwen2.5-7B (~1 min)"

@@ -27,7 +27,7 @@ from .buckets import BUCKETS
 from .compare import (DEFAULT_GRID_MODELS, MEASURABLE_OPTIMIZERS, MEASURABLE_PRECISIONS, MODES,  # noqa: F401
                       accuracy_grid, build_factory, compare, compare_dict, compare_table, dropout_overrides,
                       format_grid, format_row, measure, measured_model_state)
-from .estimate import ATTENTIONS, METHODS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, estimate
+from .estimate import ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, estimate
 from .estimate.sharding import SHARDINGS
 from . import device_view
 from .gpus import GPUS, gpu
@@ -101,6 +101,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_pos_int, default=1, help="rows per optimizer step (per GPU)")
     p.add_argument("--micro-batch", type=_pos_int, default=None,
                    help="rows per forward/backward: gradient accumulation over batch / micro-batch of them")
+    p.add_argument("--optimizer-impl", choices=OPTIMIZER_IMPLS, default="default",
+                   help="torch's AdamW: default (for-loop on CPU, foreach on CUDA), for-loop, foreach or fused")
     p.add_argument("--no-set-to-none", dest="set_to_none", action="store_false",
                    help="zero_grad(set_to_none=False): zeroed gradients stay allocated through the step")
     p.add_argument("--seq", type=_pos_int, default=128)
@@ -156,7 +158,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     kwargs = dict(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, targets=a.targets,
                   double_quant=a.double_quant, precision=a.precision, optimizer=a.optimizer,
                   attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch,
-                  micro_batch=a.micro_batch, set_to_none=a.set_to_none, seq=a.seq,
+                  micro_batch=a.micro_batch, set_to_none=a.set_to_none, optimizer_impl=a.optimizer_impl, seq=a.seq,
                   checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero, **overrides)
     if a.command != "estimate" and (a.sharding != "flat" or a.rank_index):
         parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "

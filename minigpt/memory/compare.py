@@ -96,7 +96,7 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
             batch: int = 1, seq: int = 128, checkpointing: bool = False, mode: str = "fake",
             semantics: str = "cuda", gpus: int = 1, zero: int = 0, lora_dropout: float = 0.0,
             micro_batch: Optional[int] = None, set_to_none: bool = True, events: Optional[list] = None,
-            **overrides):
+            optimizer_impl: str = "default", **overrides):
     """measure_step on the model ``estimate`` would describe with the same arguments (with
     ``micro_batch``, each forward runs ``micro_batch`` rows, accumulated batch // micro_batch times).
     ``events``: a list to receive the step's allocator events (allocator.replay)."""
@@ -110,21 +110,23 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
         if not closed_form_reason(src.config, seq):   # cheap: the estimator validates the arguments
             estimate(src.config, method, rank, alpha, targets, double_quant, precision, optimizer, attention,
                      None, batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout,
-                     micro_batch=micro_batch, set_to_none=set_to_none)
+                     micro_batch=micro_batch, set_to_none=set_to_none, optimizer_impl=optimizer_impl)
         step_batch, acc = accumulation_steps(batch, micro_batch)
         return trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, step_batch,
-                     seq, checkpointing, semantics, mode, lora_dropout, None, acc, set_to_none, events)[0]
+                     seq, checkpointing, semantics, mode, lora_dropout, None, acc, set_to_none, events,
+                     optimizer_impl)[0]
     # the estimator validates everything else (and we fail before building anything)
     estimate(model, method, rank, alpha, targets, double_quant, precision, optimizer, attention, dropout,
              batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, micro_batch=micro_batch,
-             set_to_none=set_to_none, **overrides)
+             set_to_none=set_to_none, optimizer_impl=optimizer_impl, **overrides)
     step_batch, acc = accumulation_steps(batch, micro_batch)
     make = build_factory(model, method, rank, alpha, targets, double_quant, precision, attention, dropout,
                          lora_dropout=lora_dropout, **overrides)
     vocab = {k: v for k, v in overrides.items() if k == "vocab_size"}
     batch_t = zoo.make_batch(model, step_batch, seq, **vocab)
     return measure_step(make, batch_t, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
-                        mode=mode, semantics=semantics, accumulation=acc, set_to_none=set_to_none, events=events)
+                        mode=mode, semantics=semantics, accumulation=acc, set_to_none=set_to_none, events=events,
+                        optimizer_impl=optimizer_impl)
 
 
 def compare(**kwargs) -> tuple[Estimate, Any]:

@@ -33,6 +33,7 @@ from torch.utils._pytree import tree_map
 
 from . import cuda_rules
 from ..precision import PRECISIONS as PRECISION_TABLE, RUNNABLE
+from .estimate.spec import OPTIMIZER_IMPLS
 from .report import STEP_PHASES, MemoryReport, label_for  # noqa: F401 (MemoryReport: re-exported)
 from .tracker import TensorTracker
 
@@ -52,15 +53,20 @@ def _check_choice(name: str, value: str, allowed: tuple) -> None:
 
 
 def make_optimizer(spec: OptimizerSpec, params: list, foreach: Optional[bool] = None,
-                   lr: float = 1e-3) -> torch.optim.Optimizer:
+                   lr: float = 1e-3, fused: bool = False) -> torch.optim.Optimizer:
     """An optimizer from a name or a callable ``params -> optimizer``.
 
     Names: "adamw", "adam", "sgd" (momentum 0.9), "sgd-nomomentum", "adafactor", "rmsprop",
-    "adagrad". ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA).
+    "adagrad". ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA);
+    ``fused=True`` (Adam/AdamW): one fused kernel per step, no per-parameter temporaries.
     """
     if callable(spec):
         return spec(params)
     kw = {} if foreach is None else {"foreach": foreach}
+    if fused:
+        if spec not in ("adamw", "adam"):
+            raise ValueError(f"fused applies to optimizer 'adamw' or 'adam', not {spec!r}.")
+        kw = {"fused": True}
     if spec == "adamw":
         return torch.optim.AdamW(params, lr=lr, **kw)
     if spec == "adam":
@@ -187,8 +193,9 @@ class Session:
     def __init__(self, model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", keep_outputs: bool = True, set_to_none: bool = True,
-                 accumulation: int = 1):
+                 accumulation: int = 1, optimizer_impl: str = "default"):
         _check_choice("mode", mode, MODES)
+        _check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
         if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
             raise ValueError(f"accumulation must be a positive integer (micro-batches per optimizer step), "
                              f"got {accumulation!r}.")
@@ -252,8 +259,10 @@ class Session:
             raise ValueError("The model has no trainable parameters (requires_grad=True); unfreeze "
                              "some, e.g. apply LoRA, before measuring a training step.")
         foreach = cuda_rules.optimizer_foreach(semantics) if mode != "cuda" else None
+        if optimizer_impl in ("for-loop", "foreach"):     # an explicit choice overrides the device's
+            foreach = optimizer_impl == "foreach"
         with self._ctx():
-            self.opt = make_optimizer(optimizer, self.trainable, foreach=foreach)
+            self.opt = make_optimizer(optimizer, self.trainable, foreach=foreach, fused=optimizer_impl == "fused")
         self.n_params = logical_parameter_count(model)
         self.n_trainable = sum(p.numel() for p in self.trainable)
 
@@ -325,7 +334,7 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", *, keep_outputs: bool = True,
                  events: Optional[list] = None, set_to_none: bool = True,
-                 accumulation: int = 1) -> MemoryReport:
+                 accumulation: int = 1, optimizer_impl: str = "default") -> MemoryReport:
     """Peak memory of one training step, split into buckets (see buckets.py).
 
     Args:
@@ -353,6 +362,9 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
         accumulation: gradient accumulation: ``batch`` is one micro-batch, run this many times
             (forward and backward, loss / accumulation) before the optimizer step; from the
             second micro-batch on, the gradients are alive through forward and backward.
+        optimizer_impl: "default" (the device's: for-loop on CPU, foreach on CUDA), "for-loop",
+            "foreach" or "fused" (torch's implementations of Adam/AdamW; fused keeps its step
+            counters on the device).
         events: a list to receive the step's allocator events (tracker ``record_events``: the
             registered states first, then the step), for ``allocator.replay``.
 
@@ -375,7 +387,7 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     nvidia-smi shows (which adds the CUDA context, a few hundred MiB). Both are reported.
     """
     s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs,
-                set_to_none, accumulation)
+                set_to_none, accumulation, optimizer_impl)
     s.step()  # the untracked warm-up step: optimizer state now exists
     gc.collect()
     tracker = TensorTracker(semantics=s.semantics, gpu_only=(mode == "cuda"),

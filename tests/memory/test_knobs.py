@@ -75,3 +75,34 @@ def test_bad_knobs_get_one_sentence(kwargs, words):
         estimate("small", **kwargs)
     msg = str(e.value)
     assert words in msg and msg.count("\n") == 0 and msg.endswith(".")
+
+
+@pytest.mark.parametrize("impl", ["for-loop", "foreach", "fused"])
+@pytest.mark.parametrize("semantics", ["cpu", "cuda"])
+def test_adamw_implementations_match_the_trace(impl, semantics):
+    """foreach's sqrt of every second moment at once is a temporary as large as the trainable
+    parameters; the for-loop's is two of one parameter's size; fused has none and keeps its step
+    counters on the device (under CUDA semantics the other two keep them on the host)."""
+    kw = dict(model="small", method="full", precision="fp32", semantics=semantics, batch=2, seq=64,
+              optimizer_impl=impl)
+    est, rep = estimate(**kw), measure(mode="fake", **kw)
+    assert est.model_state == measured_model_state(rep)
+    for phase in ("optimizer", "backward"):
+        got, want = est.phases[phase]["peak"], rep.phases[phase]["peak"]
+        assert abs(got - want) <= 0.02 * want, (phase, got, want)
+    assert est.config["optimizer_impl"] == impl
+
+
+def test_fused_needs_no_optimizer_temporaries_and_foreach_the_most():
+    base = dict(model="small", method="full", precision="fp32", semantics="cpu", batch=2, seq=64)
+    t = {impl: estimate(optimizer_impl=impl, **base).phases["optimizer"]["buckets"]["temporaries"]
+         for impl in ("for-loop", "foreach", "fused")}
+    batch_bytes = estimate(optimizer_impl="fused", **base).phases["forward"]["buckets"]["temporaries"]
+    assert t["fused"] < t["for-loop"] < t["foreach"]
+    assert t["foreach"] - t["fused"] == estimate(**base).model_state["weights_trainable"]
+    assert t["fused"] <= batch_bytes
+
+
+def test_an_implementation_of_another_optimizer_is_refused():
+    with pytest.raises(EstimateError, match="use optimizer='adamw'"):
+        estimate("small", optimizer="sgd", optimizer_impl="fused")

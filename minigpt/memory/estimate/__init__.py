@@ -111,7 +111,7 @@ from ..buckets import fmt_bytes
 from .forward import forward_walk
 from .replay import batch_bytes, replay_step
 from .report import LABEL, Estimate
-from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZERS,
+from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS,
                    PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, closed_form_reason,
                    is_config_source, linear_layers, lora_plan, model_names, n_parameters, parameter_inventory,
                    resolve_config, resolve_model, resolve_targets, spec_from_config, zoo_source)
@@ -120,7 +120,7 @@ from .states import _param_bytes, _shard, model_states, nf4_bytes
 from .layers import sdpa_kernel
 from .walk import _Ctx
 
-__all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZERS",
+__all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZER_IMPLS", "OPTIMIZERS",
            "PRECISIONS", "SEMANTICS", "ZERO_STAGES", "LABEL", "Estimate", "EstimateError", "ModelSpec", "PTensor",
            "accumulation_steps", "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
            "lora_plan", "model_names", "model_states", "n_parameters", "nf4_bytes", "parameter_inventory",
@@ -156,7 +156,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
              checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
              head_trainable: bool = True, sharding: str = "flat", rank_index: int = 0,
              lora_dropout: float = 0.0, gpu: Any = None, micro_batch: Optional[int] = None,
-             set_to_none: bool = True, **overrides) -> Estimate:
+             set_to_none: bool = True, optimizer_impl: str = "default", **overrides) -> Estimate:
     """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
 
     Args:
@@ -186,6 +186,9 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             ``batch // micro_batch`` of them are summed before the optimizer step (None: no
             accumulation). From the second micro-batch on the gradients are alive through forward
             and backward, so the peak is that micro-batch's.
+        optimizer_impl: torch's AdamW implementation: "default" (for-loop on CPU, foreach on CUDA),
+            "for-loop", "foreach" (a temporary as large as all trainable parameters at the step) or
+            "fused" (no temporaries; its step counters live on the device).
         set_to_none: ``zero_grad(set_to_none=...)``; False keeps zeroed gradients allocated through
             forward and backward (the same effect on the peak as accumulation).
         checkpointing: gradient checkpointing of every block.
@@ -207,6 +210,10 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     _choice("attention", attention, ATTENTIONS)
     _choice("semantics", semantics, SEMANTICS)
     _choice("zero", zero, ZERO_STAGES)
+    _choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
+    if optimizer_impl != "default" and optimizer != "adamw":
+        raise EstimateError(f"optimizer_impl={optimizer_impl!r} chooses among torch's AdamW implementations; "
+                            f"use optimizer='adamw' or drop it.")
     batch, seq, gpus = _positive_int("batch", batch), _positive_int("seq", seq), _positive_int("gpus", gpus)
     step_batch, accumulation = accumulation_steps(batch, micro_batch)
     grads_alive = accumulation > 1 or not set_to_none
@@ -239,6 +246,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                                    double_quant=double_quant, precision=precision, optimizer=optimizer,
                                    attention=attention, batch=step_batch, seq=seq, checkpointing=checkpointing,
                                    accumulation=accumulation, set_to_none=set_to_none,
+                                   optimizer_impl=optimizer_impl,
                                    semantics=semantics, gpus=gpus, zero=zero, sharding=sharding,
                                    head_trainable=head_trainable, lora_dropout=lora_dropout,
                                    gpu=_card(gpu, precision))
@@ -272,6 +280,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     card = _card(gpu, precision)
     tg = resolve_targets(spec, targets) if method != "full" else ()
     states = model_states(spec, method, precision, optimizer, rank, tg, double_quant, semantics, head_trainable)
+    if optimizer_impl == "fused" and states.host:   # fused AdamW keeps its step counters on the device
+        states.optimizer, states.host = states.optimizer + states.host, 0
     shapes = {n: (i, o) for n, i, o, _ in linear_layers(spec)}
     for n in states.adapted:
         fin, fout = shapes[n]
@@ -314,7 +324,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                      "(tests/memory/test_distributed.py); with adapters it follows the same rules, unmeasured.")
     peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
                         opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
-                        extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or grads_alive)
+                        extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or grads_alive,
+                        optimizer_impl=optimizer_impl)
     comm = {}
     for ph, (tot, b) in list(peaks.items()):
         if ph != "_where" and "communication" in b:
@@ -355,6 +366,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                   double_quant=bool(double_quant), precision=precision, optimizer=optimizer,
                   attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
                   lora_dropout=float(lora_dropout) if method != "full" else None,
+                  optimizer_impl=optimizer_impl,
                   batch=batch, micro_batch=step_batch, accumulation=accumulation, set_to_none=bool(set_to_none),
                   seq=seq, checkpointing=bool(checkpointing), semantics=semantics, gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
                   gpu=None if card is None else card.aliases[0], spec=src.describe() if src is not None else None)

@@ -14,6 +14,8 @@ PRECISIONS = tuple(PRECISION_TABLE)   # minigpt/precision.py: the one table of p
 
 
 OPTIMIZERS = ("adamw", "sgd", "adamw-8bit", "paged-adamw", "paged-adamw-8bit")
+# torch's implementations of AdamW (optimizer_impl): the device's default, or one of the three
+OPTIMIZER_IMPLS = ("default", "for-loop", "foreach", "fused")
 
 
 ATTENTIONS = ("sdpa", "eager")

@@ -96,7 +96,7 @@ def trace(src, method: str = "full", rank: int = 8, alpha: float = 16.0, targets
           double_quant: bool = False, precision: str = "fp32", optimizer: str = "adamw", attention: str = "sdpa",
           batch: int = 1, seq: int = 128, checkpointing: bool = False, semantics: str = "cuda", mode: str = "fake",
           lora_dropout: float = 0.0, gpu: Any = None, accumulation: int = 1, set_to_none: bool = True,
-          events: Optional[list] = None):
+          events: Optional[list] = None, optimizer_impl: str = "default"):
     """(MemoryReport of one step of ``src``'s model, the builder's info); ``gpu``: the card whose SDPA
     kernel the CUDA rules pick (cuda_rules.on_card). Bad arguments: EstimateError."""
     from .. import cuda_rules, hf_models
@@ -115,7 +115,7 @@ def trace(src, method: str = "full", rank: int = 8, alpha: float = 16.0, targets
         with cuda_rules.on_card(gpu):
             rep = measure_step(make, data, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
                                mode=mode, semantics=semantics, accumulation=accumulation, set_to_none=set_to_none,
-                               events=events)
+                               events=events, optimizer_impl=optimizer_impl)
     except (_BuildError, hf_models.ConfigError) as e:
         raise EstimateError(str(e)) from None
     return rep, info
@@ -126,7 +126,8 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
                     optimizer: str = "adamw", attention: str = "sdpa", batch: int = 1, seq: int = 128,
                     checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
                     sharding: str = "flat", head_trainable: bool = True, lora_dropout: float = 0.0,
-                    gpu: Any = None, accumulation: int = 1, set_to_none: bool = True) -> Estimate:
+                    gpu: Any = None, accumulation: int = 1, set_to_none: bool = True,
+                    optimizer_impl: str = "default") -> Estimate:
     """An Estimate from a fake-tensor trace of the step (see the module docstring); ``why`` says why
     the closed form does not apply (closed_form_reason)."""
     from ...precision import RUNNABLE
@@ -142,7 +143,8 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
         raise EstimateError(f"{why}, and its fake-tensor trace cannot run qlora with pure 16-bit weights; use "
                             f"amp-bf16 or amp-fp16.")
     rep, info = trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, batch, seq,
-                      checkpointing, semantics, "fake", lora_dropout, gpu, accumulation, set_to_none)
+                      checkpointing, semantics, "fake", lora_dropout, gpu, accumulation, set_to_none,
+                      optimizer_impl=optimizer_impl)
     note = f"traced on fake tensors ({why})"
     if info["conv1d"]:
         note += f"; its {info['conv1d']} Conv1D layers traced as nn.Linear of the same shape (same bytes)"
@@ -154,7 +156,7 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
                   targets=info["targets"] if lora else None, double_quant=bool(double_quant), precision=precision,
                   optimizer=optimizer, attention=attention, dropout=max(drop, default=0.0),
                   lora_dropout=float(lora_dropout) if lora else None, batch=batch * accumulation, micro_batch=batch,
-                  accumulation=accumulation, set_to_none=bool(set_to_none), seq=seq,
+                  accumulation=accumulation, set_to_none=bool(set_to_none), optimizer_impl=optimizer_impl, seq=seq,
                   checkpointing=bool(checkpointing), semantics=semantics, gpus=1, zero=0, sharding="flat",
                   rank_index=0, gpu=None if gpu is None else gpu.aliases[0], spec=src.describe())
     fwd = rep.phases.get("forward", {}).get("buckets", {})

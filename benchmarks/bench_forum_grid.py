@@ -18,7 +18,7 @@ step. Beside each cell: the RoBERTa-base trace of course/puzzle.py for the learn
 (fp16 AMP for amp-bf16; simulated CUDA on fake tensors, an estimate-like trace, not a measurement).
 Results go to benchmarks/results/forum_grid.json and .csv, with the command, machine, versions, date.
 
-    python benchmarks/bench_forum_grid.py [--train 48] [--test 96] [--batch 16] [--train-batch 4]
+    python benchmarks/bench_forum_grid.py [--train 32] [--test 64] [--batch 16] [--train-batch 4]
 """
 from __future__ import annotations
 
@@ -86,11 +86,11 @@ def run(args: argparse.Namespace, out: dict) -> dict:
                          "train_subset": f"the first {args.train} reviews of the train split",
                          "test_subset": f"the first {args.test} reviews of the test split",
                          "memory_batch": f"the first {args.batch} training reviews, padded to their longest row",
-                         "sizes_why": "chosen so that the script runs in about 25 min on 2 shared cores: at 8x every "
+                         "sizes_why": "chosen so that the script runs in about 25 min on 2 shared cores (CPU pressure ~99% from other jobs): at 8x every "
                                       "step costs about ten times a 1x step",
                          "lora": {"r": LORA.r, "alpha": LORA.alpha, "dropout": LORA.dropout,
                                   "targets": list(LORA.targets)},
-                         "learning_rates": {m: LEARNING_RATES[m] for m in GRID_METHODS},
+                         "learning_rates": args.lrs,
                          "repeat": "review written `scale` times, joined by single spaces (minigpt.classify_memory.repeat_text)",
                          "precisions": {"fp32": "no autocast", "amp-bf16": "torch.autocast('cpu', torch.bfloat16), fp32 weights"}},
            "baseline": {"majority": majority_baseline(test_reviews)}, "inputs": {}, "cells": {}}
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace, out: dict) -> dict:
                 cell["trainable_params"], cell["params"] = trainable_parameters(model)
                 batches = review_loader(train_ds, tok, batch_size=args.train_batch, shuffle=True, seed=args.seed)
                 with autocast_of(precision):
-                    res = train_classifier(model, batches, lr=LEARNING_RATES[method], epochs=1, desc=k,
+                    res = train_classifier(model, batches, lr=args.lrs[method], epochs=1, desc=k,
                                            progress=False)
                     t0 = time.perf_counter()
                     acc = accuracy(model, review_loader(test_ds, tok, batch_size=64))
@@ -149,11 +149,13 @@ def write(results: dict, stem: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train", type=int, default=48, help="training reviews (the first n of the train split)")
-    p.add_argument("--test", type=int, default=96, help="test reviews scored (the first n of the test split)")
+    p.add_argument("--train", type=int, default=32, help="training reviews (the first n of the train split)")
+    p.add_argument("--test", type=int, default=64, help="test reviews scored (the first n of the test split)")
     p.add_argument("--batch", type=int, default=16, help="rows of the tracked step (the same in every setting)")
     p.add_argument("--train-batch", type=int, default=4,
                    help="rows per training step (small: the 8x inputs make every step ~10x slower on a CPU)")
+    p.add_argument("--lr", nargs="+", default=["full=3e-4", "lora=5e-3"], metavar="METHOD=LR",
+                   help="learning rates (minigpt.finetune's are for ~100+ steps; this budget has a few dozen)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--scales", type=int, nargs="+", default=list(GRID_SCALES))
@@ -164,6 +166,12 @@ def main() -> None:
     for name in ("train", "test", "batch", "train_batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}.")
+    try:
+        args.lrs = {**{m: LEARNING_RATES[m] for m in GRID_METHODS}, **{k: float(v) for k, v in (x.split("=") for x in args.lr)}}
+    except ValueError:
+        raise SystemExit(f"--lr takes METHOD=RATE pairs such as full=3e-4 lora=5e-3, got {args.lr}.") from None
+    if set(args.lrs) - set(GRID_METHODS):
+        raise SystemExit(f"--lr: methods are {', '.join(GRID_METHODS)}, got {args.lr}.")
     if any(s < 1 for s in args.scales):
         raise SystemExit(f"--scales must be positive integers, got {args.scales}.")
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -118,10 +118,10 @@ def grid_estimate(method: str, batch_size: int, seq: int, precision: str = "fp32
     from .encoder import load_encoder
     from .memory.estimate import estimate
     cfg = load_encoder().config
-    cfg.num_labels = 2
-    return estimate(cfg, method=_ESTIMATOR_METHOD[method], rank=lora.r, alpha=lora.alpha,
-                    targets=list(lora.targets), batch=batch_size, seq=seq, precision=precision,
-                    semantics="cpu")
+    cfg.num_labels = 2                                   # the classifier's two labels
+    adapters = {"rank": lora.r, "alpha": lora.alpha, "targets": list(lora.targets)}
+    return estimate(cfg, method=_ESTIMATOR_METHOD[method], batch=batch_size, seq=seq, precision=precision,
+                    semantics="cpu", **adapters)
 
 
 __all__ += ["GRID_PRECISIONS", "GRID_METHODS", "GRID_SCALES", "MAX_POSITIONS", "repeat_text",

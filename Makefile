@@ -31,7 +31,7 @@ help:
 	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
 	@echo "make benchmark-sharded  per-rank memory of ddp/zero1/fsdp2 on 1 and 2 CPU ranks vs the estimate (~1 min)"
 	@echo "make benchmark-minilm  MiniLM fine-tuned full / LoRA / QLoRA: accuracy, time, memory (~20 min)"
-	@echo "make benchmark-grid  the forum's grid trained on MiniLM: full/LoRA x fp32/bf16 autocast x 1x/8x inputs (~20-30 min)"
+	@echo "make benchmark-grid  the forum's grid trained on MiniLM: full/LoRA x fp32/bf16 autocast x 1x/8x inputs (~15 min)"
 	@echo "make start LEARNER=<name>  your profile and your own copy of the labs in learners/<name>/"
 	@echo "make run-lab LAB=03 LEARNER=<name>  run your copy of a lab headless (errors allowed), print its checks"
 	@echo "make grade LEARNER=<name>  run copies of a learner's labs, write learners/<name>/grade.md"
@@ -171,7 +171,7 @@ benchmark-minilm: $(STAMP)
 	$(PY) benchmarks/bench_minilm.py
 
 # the learner's grid (theory 03, lab 05) trained for real on MiniLM: full / LoRA x fp32 / bf16 autocast x
-# inputs 1x / 8x; writes benchmarks/results/forum_grid.json and .csv (~20-30 min on 2 cores)
+# inputs 1x / 8x; writes benchmarks/results/forum_grid.json and .csv (~15 min on 2 shared cores)
 benchmark-grid: $(STAMP)
 	$(PY) benchmarks/bench_forum_grid.py
 

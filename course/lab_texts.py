@@ -107,15 +107,20 @@ LABS: dict[str, LabText] = {
         title=('The fp16 LoRA puzzle'),
         summary_en=("You re-run a learner's eight RoBERTa-base runs (fp16/fp32 x full/LoRA x short/long inputs), "
                     'traced bucket by bucket, and answer their four questions with evidence: what grows with the '
-                    'input length, batch versus length, why nvidia-smi is not the peak, and what makes LoRA heavier.'),
+                    'input length, batch versus length, why nvidia-smi is not the peak, and what makes LoRA heavier; then '
+                    'you check the verdicts on MiniLM trained for real in the same settings, tracked on the CPU.'),
         summary_es=('Repites las ocho ejecuciones de RoBERTa-base de un estudiante (fp16/fp32 x completo/LoRA x '
                     'entradas cortas/largas), trazadas cubeta por cubeta, y respondes a sus cuatro preguntas con '
                     'pruebas: qué crece con la longitud, lote frente a longitud, por qué nvidia-smi no es el pico y '
-                    'qué hace más pesado a LoRA.'),
-        cpu_note_en=('Every trace runs on CPU (fake tensors, simulated CUDA). Only the GPU cells at the end need a '
+                    'qué hace más pesado a LoRA; después compruebas los veredictos con MiniLM entrenado de verdad en '
+                    'los mismos ajustes, rastreado en la CPU.'),
+        cpu_note_en=('Every trace runs on CPU (fake tensors, simulated CUDA), and part 6 tracks real MiniLM steps on '
+                     'the CPU (bf16 autocast stands for the fp16 autocast of a GPU). Only the GPU cells at the end need a '
                      'GPU: on CPU they print what they would measure instead, because torch.cuda and NVML have no CPU '
                      'counterpart.'),
-        cpu_note_es=('Todas las trazas corren en CPU (tensores falsos, CUDA simulada). Solo las celdas de GPU del '
+        cpu_note_es=('Todas las trazas corren en CPU (tensores falsos, CUDA simulada), y la parte 6 rastrea pasos '
+                     'reales de MiniLM en la CPU (el autocast bf16 hace las veces del autocast fp16 de una GPU). '
+                     'Solo las celdas de GPU del '
                      'final necesitan GPU: en CPU explican lo que medirían, porque torch.cuda y NVML no tienen '
                      'equivalente en CPU.'),
     ),

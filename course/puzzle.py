@@ -162,3 +162,21 @@ def fp32_adapter_extra_bytes(batch: int, seq: int, d_in: int, r: int, n_adapted:
 def row(*cols, widths: tuple[int, ...] = (26, 12, 12, 12, 12, 12)) -> str:
     """One line of lab 05's fixed-width tables: the first column left-aligned, the rest right-aligned."""
     return "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cols, widths)))
+
+
+# --------------------------------------------------- the same grid, trained on MiniLM (make benchmark-grid)
+# our precision on the CPU -> the learner's on a GPU (CPU autocast runs bf16; the learner ran fp16)
+MINILM_PRECISION = {"fp32": "fp32", "amp-bf16": "amp-fp16"}
+
+
+def measured_grid() -> dict:
+    """The committed results of ``make benchmark-grid`` (benchmarks/results/forum_grid.json): MiniLM
+    trained for real in each of the learner's settings, one tracked step per setting, the estimate."""
+    import json
+    from minigpt.paths import ROOT
+    return json.loads((ROOT / "benchmarks" / "results" / "forum_grid.json").read_text(encoding="utf-8"))
+
+
+def measured_cell(d: dict, precision: str, method: str, scale: int) -> dict:
+    """One cell of measured_grid(): precision "fp32" | "amp-bf16", method "full" | "lora", scale 1 | 8."""
+    return d["cells"][f"{precision}/{method}/x{scale}"]

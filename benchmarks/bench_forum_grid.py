@@ -134,6 +134,20 @@ def run(args: argparse.Namespace, out: dict) -> dict:
     return out
 
 
+def refresh_estimates(results: dict) -> dict:
+    """Today's estimator beside the stored measurements (nothing is trained or measured again)."""
+    batch = results["settings"]["batch_size"]
+    for cell in results["cells"].values():
+        est = grid_estimate(cell["method"], batch, cell["tokens"], cell["precision"])
+        peak, measured = int(est.to_dict()["peak"]), cell["memory"]["peak"]
+        cell["memory"].update(estimated_peak=peak, estimate_error=(peak - measured) / measured)
+        cell["estimate_buckets"] = {b: int(v) for b, v in est.to_dict().items() if b in BUCKETS}
+    results["estimates_refreshed"] = {
+        "command": "python benchmarks/bench_forum_grid.py --refresh-estimates",
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    return results
+
+
 def write(results: dict, stem: Path) -> None:
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
@@ -162,7 +176,12 @@ def main() -> None:
     p.add_argument("--precisions", nargs="+", default=list(GRID_PRECISIONS), choices=GRID_PRECISIONS)
     p.add_argument("--methods", nargs="+", default=list(GRID_METHODS), choices=GRID_METHODS)
     p.add_argument("--out", type=Path, default=RESULTS / "forum_grid", help="results stem (.json and .csv)")
+    p.add_argument("--refresh-estimates", action="store_true",
+                   help="recompute only the estimator's columns of the stored results with today's estimator and exit")
     args = p.parse_args()
+    if args.refresh_estimates:
+        write(refresh_estimates(json.loads(args.out.with_suffix(".json").read_text())), args.out)
+        return
     for name in ("train", "test", "batch", "train_batch"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}.")

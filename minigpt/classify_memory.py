@@ -30,16 +30,17 @@ def step_memory(method: str, batch: dict, seed: int = 0) -> MemoryReport:
     return measure_step(lambda: build_classifier(method, seed), dict(batch))
 
 
-def estimated_memory(method: str, batch_size: int, seq: int, lora: LoRASettings = LORA) -> "Estimate":
-    """The estimator's prediction for the same step (CPU semantics, fp32, AdamW, the model's dropout,
-    the adapters' ``lora.dropout``)."""
+def estimated_memory(method: str, batch_size: int, seq: int, lora: LoRASettings = LORA,
+                     precision: str = "fp32") -> "Estimate":
+    """The estimator's prediction for the same step (CPU semantics, AdamW, the model's dropout, the
+    adapters' ``lora.dropout``; ``precision`` "fp32" or "amp-bf16" as grid_memory runs it)."""
     from .encoder import load_encoder
     from .memory.estimate import estimate
     cfg = load_encoder().config
     cfg.num_labels = 2
     est_method = _ESTIMATOR_METHOD[method]
     return estimate(cfg, method=est_method, rank=lora.r, alpha=lora.alpha, targets=list(lora.targets),
-                    batch=batch_size, seq=seq, semantics="cpu",
+                    batch=batch_size, seq=seq, semantics="cpu", precision=precision,
                     lora_dropout=lora.dropout if est_method != "full" else 0.0)
 
 
@@ -117,14 +118,8 @@ def grid_memory(method: str, batch: dict, precision: str = "fp32", seed: int = 0
 
 def grid_estimate(method: str, batch_size: int, seq: int, precision: str = "fp32",
                   lora: LoRASettings = LORA) -> "Estimate":
-    """The estimator's prediction for grid_memory's step (CPU semantics, AdamW, the model's dropout)."""
-    from .encoder import load_encoder
-    from .memory.estimate import estimate
-    cfg = load_encoder().config
-    cfg.num_labels = 2                                   # the classifier's two labels
-    adapters = {"rank": lora.r, "alpha": lora.alpha, "targets": list(lora.targets)}
-    return estimate(cfg, method=_ESTIMATOR_METHOD[method], batch=batch_size, seq=seq, precision=precision,
-                    semantics="cpu", **adapters)
+    """The estimator's prediction for grid_memory's step: estimated_memory at ``precision``."""
+    return estimated_memory(method, batch_size, seq, lora, precision)
 
 
 __all__ += ["GRID_PRECISIONS", "GRID_METHODS", "GRID_SCALES", "MAX_POSITIONS", "repeat_text",

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import gc
 import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -34,7 +35,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils._pytree import tree_map
 
-from . import gpus
+from . import cuda_rules, gpus
 from .alloc_config import ConfigLike
 from .allocator import Event, replay
 from .buckets import GiB, MiB
@@ -113,6 +114,14 @@ def _to_session(s: Session, batch: Any) -> Any:
     return tree_map(prep, batch)
 
 
+def _next_batch(s: Session, batch: Any) -> None:
+    s.batch = None                          # the loop drops the last batch ...
+    gc.collect()
+    with s._ctx():
+        s.opt.zero_grad(set_to_none=True)   # ... and last step's gradients, before forward
+    s.batch = _to_session(s, batch)         # ... and the DataLoader hands over the next one
+
+
 def _shape(batch: Any) -> tuple:
     leaves = [t for t in (batch.values() if isinstance(batch, dict) else
                           batch if isinstance(batch, (tuple, list)) else [batch]) if isinstance(t, torch.Tensor)]
@@ -136,20 +145,17 @@ def record_steps(model_or_factory: ModelOrFactory, batches: Sequence[Any], optim
     if not batches:
         raise ValueError("batches must hold at least one batch (one per training step).")
     spec = gpus.gpu(card) if isinstance(card, str) else card
-    s = Session(model_or_factory, batches[0], optimizer, precision, checkpointing, mode, semantics)
-    tracker = TensorTracker(semantics=s.semantics, record_events=True)
-    tracker.register_module(s.model)
-    starts, shapes = [], []
-    for b in batches:
-        s.batch = None                      # the loop drops the last batch ...
-        gc.collect()
-        with s._ctx():
-            s.opt.zero_grad(set_to_none=True)   # ... and last step's gradients, before forward
-        s.batch = _to_session(s, b)         # ... and the DataLoader hands over the next one
-        tracker.register(s.batch, "temporaries", data=True)
-        starts.append(len(tracker.events))
-        shapes.append(_shape(s.batch))
-        s.step(tracker)
+    with cuda_rules.on_card(spec):          # the SDPA kernel the card dispatches (device_view.trace)
+        s = Session(model_or_factory, batches[0], optimizer, precision, checkpointing, mode, semantics)
+        tracker = TensorTracker(semantics=s.semantics, record_events=True)
+        tracker.register_module(s.model)
+        starts, shapes = [], []
+        for b in batches:
+            _next_batch(s, b)
+            tracker.register(s.batch, "temporaries", data=True)
+            starts.append(len(tracker.events))
+            shapes.append(_shape(s.batch))
+            s.step(tracker)
     ws = workspace_events(spec) if workspaces else []
     events = ws + list(tracker.events)
     r = replay(events, config)
@@ -189,6 +195,57 @@ def summary(tl: PollTimeline, p: Poll) -> dict:
             "context": tl.context,
             "reserved_never_drops": all(a <= b for a, b in zip(tl.reserved, tl.reserved[1:])),
             "last_above_every_peak": p.last[0] > max(peaks)}
+
+
+@dataclass
+class Measured:
+    """The same loop on a real GPU (integer bytes): what the replay predicts, measured."""
+    step_peaks: list[int]         # max_memory_allocated() per step, after reset_peak_memory_stats()
+    step_max_reserved: list[int]  # max_memory_reserved() per step (the reset clears it too)
+    nvml: list[tuple[float, int]]  # (seconds, NVML used) from the polling thread, device-wide
+    card: str                     # torch.cuda.get_device_name()
+
+    @property
+    def max_reserved(self) -> int:
+        return max(self.step_max_reserved)
+
+    @property
+    def last(self) -> Optional[int]:
+        return self.nvml[-1][1] if self.nvml else None
+
+
+def current_card() -> Optional[gpus.GpuSpec]:
+    """The gpus.py spec of the current CUDA device, by its name, or None when it is not listed."""
+    name = torch.cuda.get_device_name().lower()
+    return next((g for g in gpus.GPUS if g.name.lower() == name or g.name.lower() in name), None)
+
+
+def measure_steps_cuda(model_or_factory: ModelOrFactory, batches: Sequence[Any], optimizer: OptimizerSpec = "adamw",
+                       precision: str = "fp32", checkpointing: bool = False, interval: float = 0.05) -> Measured:
+    """The learner's loop for real: the same steps on the current GPU, NVML polled from a thread every
+    ``interval`` seconds (timeline.NvmlSampler). The cache is emptied first, so an earlier run's
+    blocks do not count, and emptied again at the end."""
+    from .timeline import NvmlSampler
+    gc.collect()
+    torch.cuda.empty_cache()
+    sampler = NvmlSampler(torch.cuda.current_device(), interval)
+    t0 = time.perf_counter()
+    peaks, reserved = [], []
+    with sampler:
+        s = Session(model_or_factory, batches[0], optimizer, precision, checkpointing, "cuda")
+        for b in batches:
+            _next_batch(s, b)
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            s.step()
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated())
+            reserved.append(torch.cuda.max_memory_reserved())
+        time.sleep(3 * interval)            # a reading after the last step
+        del s
+    gc.collect()
+    torch.cuda.empty_cache()
+    return Measured(peaks, reserved, [(t - t0, u) for t, u in sampler.samples], torch.cuda.get_device_name())
 
 
 def plot_polling(tl: PollTimeline, p: Optional[Poll] = None, path: Optional[str | Path] = None,

@@ -18,7 +18,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark benchmark-sharded benchmark-minilm clean-venv
+.PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark benchmark-sharded benchmark-minilm benchmark-grid benchmark-any-model clean-venv
 .PHONY: generate-labs start grade grade-all docs time-labs store-outputs check-portability cloud-cells kernel lint
 .PHONY: test-ui ui-chromium lab-cmd run-lab
 
@@ -28,9 +28,11 @@ help:
 	@echo "make check-env  print OK/FAIL for Python, every pinned package, and CUDA"
 	@echo "make kernel     register the course's kernel for your user (VS Code, another Jupyter)"
 	@echo "make pretrain   re-create the shipped MiniGPT checkpoint on CPU (~10 min on 2 idle cores)"
-	@echo "make benchmark  from-scratch LoRA/NF4 speed against peft/bitsandbytes"
+	@echo "make benchmark  from-scratch NF4/LoRA/QLoRA speed against bitsandbytes/peft (~4 min; benchmarks/results/speed_cpu.json)"
 	@echo "make benchmark-sharded  per-rank memory of ddp/zero1/fsdp2 on 1 and 2 CPU ranks vs the estimate (~1 min)"
 	@echo "make benchmark-minilm  MiniLM fine-tuned full / LoRA / QLoRA: accuracy, time, memory (~20 min)"
+	@echo "make benchmark-grid  the forum's grid trained on MiniLM: full/LoRA x fp32/bf16 autocast x 1x/8x inputs (~15 min)"
+	@echo "make benchmark-any-model  closed form vs fake-tensor trace, full-size Mistral-7B / Qwen2.5-7B (~1 min)"
 	@echo "make start LEARNER=<name>  your profile and your own copy of the labs in learners/<name>/"
 	@echo "make run-lab LAB=03 LEARNER=<name>  run your copy of a lab headless (errors allowed), print its checks"
 	@echo "make grade LEARNER=<name>  run copies of a learner's labs, write learners/<name>/grade.md"
@@ -168,6 +170,15 @@ benchmark-sharded: $(STAMP)
 # epoch, the whole test split; writes benchmarks/results/minilm.json and .csv (~15-25 min on 2 cores).
 benchmark-minilm: $(STAMP)
 	$(PY) benchmarks/bench_minilm.py
+
+# the learner's grid (theory 03, lab 05) trained for real on MiniLM: full / LoRA x fp32 / bf16 autocast x
+# inputs 1x / 8x; writes benchmarks/results/forum_grid.json and .csv (~15 min on 2 shared cores)
+benchmark-grid: $(STAMP)
+	$(PY) benchmarks/bench_forum_grid.py
+
+# The closed form against a fake-tensor trace of the same full-size spec (configs/), no weights.
+benchmark-any-model: $(STAMP)
+	$(PY) benchmarks/bench_any_model.py
 
 # --- labs, learners and grading (docs/AUTHORING.md, learners/README.md) ------------------------
 # Usage: make start LEARNER=ana;  make grade LEARNER=ana GRADE_ARGS="--cell-timeout 600"

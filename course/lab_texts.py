@@ -34,21 +34,29 @@ LABS: dict[str, LabText] = {
                      ' estimación (en CPU dice que se omitió).'),
     ),
     "02": LabText(
-        title=('Full fine-tuning versus LoRA on our own MiniGPT'),
-        summary_en=("You fine-tune the course's pretrained Shakespeare MiniGPT on review text, in full and with LoRA "
-                    'at ranks 1, 4 and 16: count what each trains, save and size the adapter, compare loss curves and'
-                    ' step times; then fine-tune it as a Rotten Tomatoes sentiment classifier and compare its '
-                    'accuracy with the majority baseline.'),
-        summary_es=('Ajustas el MiniGPT de Shakespeare preentrenado del curso con texto de reseñas, de forma completa'
-                    ' y con LoRA de rangos 1, 4 y 16: cuentas lo que entrena cada uno, guardas y mides el adaptador, '
-                    'comparas curvas de pérdida y tiempos por paso; después lo ajustas como clasificador de '
-                    'sentimiento de Rotten Tomatoes y comparas su exactitud con la de la clase mayoritaria.'),
-        cpu_note_en=('Everything runs on the CPU the same way; only the last two code cells need a GPU (they time a '
-                     'step, read torch.cuda.max_memory_allocated and compare it with the estimate). On CPU it prints '
-                     'what it would measure instead, because PyTorch has no peak-memory counter for the CPU.'),
-        cpu_note_es=('Todo corre igual en CPU; solo las dos últimas celdas de código necesitan GPU (miden un paso, '
-                     'leen torch.cuda.max_memory_allocated y lo comparan con la estimación). En CPU explica qué '
-                     'mediría, porque PyTorch no tiene contador de pico de memoria para la CPU.'),
+        title=('Full fine-tuning versus LoRA on a pretrained MiniLM'),
+        summary_en=('You fine-tune a real pretrained encoder, MiniLM (all-MiniLM-L6-v2, shipped offline), as a '
+                    'Rotten Tomatoes sentiment classifier three ways on one budget: in full, with LoRA from '
+                    "minigpt.lora and with LoRA from peft. You predict what each trains and what AdamW holds, check"
+                    ' that the two LoRAs compute the same losses, judge the accuracies against the majority '
+                    "baseline, save the adapter in peft's format and size it, merge it, and set accuracy, trainable"
+                    ' parameters and peak memory beside the committed 2,000-review benchmark.'),
+        summary_es=('Ajustas un codificador preentrenado de verdad, MiniLM (all-MiniLM-L6-v2, sin descargas), como '
+                    'clasificador de sentimiento de Rotten Tomatoes de tres maneras con el mismo presupuesto: '
+                    'completo, con LoRA de minigpt.lora y con LoRA de peft. Predices lo que entrena cada uno y lo que'
+                    ' guarda AdamW, compruebas que las dos LoRA dan las mismas pérdidas, comparas las exactitudes con '
+                    'la clase mayoritaria, guardas el adaptador en el formato de peft y lo mides, lo fusionas y pones '
+                    'exactitud, parámetros entrenables y pico de memoria junto al benchmark guardado de 2.000 reseñas.'),
+        cpu_note_en=('Everything runs on the CPU the same way: training, scoring, and the memory of a step, tracked '
+                     "by the package's live-tensor tracker (labelled so). Only the last two code cells need a GPU "
+                     '(they time a step of each method, read torch.cuda.max_memory_allocated and compare it with '
+                     'the estimate); on CPU they say what they would measure, because PyTorch has no peak-memory '
+                     'counter for the CPU.'),
+        cpu_note_es=('Todo corre igual en CPU: el entrenamiento, la evaluación y la memoria de un paso, que rastrea '
+                     'el rastreador de tensores del paquete (con esa etiqueta). Solo las dos últimas celdas de '
+                     'código necesitan GPU (miden un paso de cada método, leen torch.cuda.max_memory_allocated y lo '
+                     'comparan con la estimación); en CPU explican qué medirían, porque PyTorch no tiene contador de '
+                     'pico de memoria para la CPU.'),
     ),
     "03": LabText(
         title=('Where the memory of a training step goes'),
@@ -99,15 +107,20 @@ LABS: dict[str, LabText] = {
         title=('The fp16 LoRA puzzle'),
         summary_en=("You re-run a learner's eight RoBERTa-base runs (fp16/fp32 x full/LoRA x short/long inputs), "
                     'traced bucket by bucket, and answer their four questions with evidence: what grows with the '
-                    'input length, batch versus length, why nvidia-smi is not the peak, and what makes LoRA heavier.'),
+                    'input length, batch versus length, why nvidia-smi is not the peak, and what makes LoRA heavier; then '
+                    'you check the verdicts on MiniLM trained for real in the same settings, tracked on the CPU.'),
         summary_es=('Repites las ocho ejecuciones de RoBERTa-base de un estudiante (fp16/fp32 x completo/LoRA x '
                     'entradas cortas/largas), trazadas cubeta por cubeta, y respondes a sus cuatro preguntas con '
                     'pruebas: qué crece con la longitud, lote frente a longitud, por qué nvidia-smi no es el pico y '
-                    'qué hace más pesado a LoRA.'),
-        cpu_note_en=('Every trace runs on CPU (fake tensors, simulated CUDA). Only the GPU cells at the end need a '
+                    'qué hace más pesado a LoRA; después compruebas los veredictos con MiniLM entrenado de verdad en '
+                    'los mismos ajustes, rastreado en la CPU.'),
+        cpu_note_en=('Every trace runs on CPU (fake tensors, simulated CUDA), and part 6 tracks real MiniLM steps on '
+                     'the CPU (bf16 autocast stands for the fp16 autocast of a GPU). Only the GPU cells at the end need a '
                      'GPU: on CPU they print what they would measure instead, because torch.cuda and NVML have no CPU '
                      'counterpart.'),
-        cpu_note_es=('Todas las trazas corren en CPU (tensores falsos, CUDA simulada). Solo las celdas de GPU del '
+        cpu_note_es=('Todas las trazas corren en CPU (tensores falsos, CUDA simulada), y la parte 6 rastrea pasos '
+                     'reales de MiniLM en la CPU (el autocast bf16 hace las veces del autocast fp16 de una GPU). '
+                     'Solo las celdas de GPU del '
                      'final necesitan GPU: en CPU explican lo que medirían, porque torch.cuda y NVML no tienen '
                      'equivalente en CPU.'),
     ),

@@ -275,10 +275,12 @@ def _freeze_some(model: Any, seed: int) -> Any:
     return model
 
 
-def optimizer_names(fn: Any, n_blocks: int, d: int, seed: int) -> list[str]:
+def adamw_bytes(fn: Any, n_blocks: int, d: int, seed: int) -> list[Any]:
+    """The learner's AdamW-state bytes of a toy model with a tied head and random frozen tensors, in
+    fp32 and in bf16 (bytes per element matter), and with everything frozen."""
     model = _freeze_some(_toy_model(n_blocks, d, seed), seed)
-    names = {id(p): n for n, p in model.named_parameters()}
-    return sorted(names.get(id(p), "?") for p in fn(model))
+    frozen = _toy_model(n_blocks, d, seed).requires_grad_(False)
+    return [fn(model), fn(model.to(_torch().bfloat16)), fn(frozen)]
 
 
 def checkpoint_facts(fns: Any, n_blocks: int, d: int, seed: int) -> dict[str, Any]:

@@ -56,8 +56,8 @@ PROBES: dict[str, dict[str, Probe]] = {
     },
     "02-finetune-full-vs-lora": {
         "ex1-lora-trainable": Probe(("lora_trainable",), "[(r.randint(1, 48), r.randint(1, 4096), "
-                                    "r.randint(1, 16384), r.randint(1, 64)) for _ in range(4)]"),
-        "ex2-optimizer-params": Probe(("optimizer_params",), _TOY, "optimizer_names(f, *args)"),
+                                    "r.randint(1, 64), r.randint(1, 20)) for _ in range(4)]"),
+        "ex2-optimizer-state": Probe(("adamw_state_bytes",), _TOY, "adamw_bytes(f, *args)"),
         "ex3-adapter-checkpoint": Probe(("trainable_state", "payload_bytes"), _TOY, "checkpoint_facts(f, *args)"),
     },
     "03-memory-footprint": {

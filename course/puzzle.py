@@ -187,3 +187,21 @@ def polling_run(precision: str, method: str, scale: int = SCALE, steps: int = PO
     s = spec(precision, method, scale)
     batches = [make_batch(MODEL, BATCH, T, seed=i) for i, T in enumerate(polling_lengths(scale, steps))]
     return record_steps(lambda: _build_for_trace(s), batches, precision=precision, card=card)
+
+
+# --------------------------------------------------- the same grid, trained on MiniLM (make benchmark-grid)
+# our precision on the CPU -> the learner's on a GPU (CPU autocast runs bf16; the learner ran fp16)
+MINILM_PRECISION = {"fp32": "fp32", "amp-bf16": "amp-fp16"}
+
+
+def measured_grid() -> dict:
+    """The committed results of ``make benchmark-grid`` (benchmarks/results/forum_grid.json): MiniLM
+    trained for real in each of the learner's settings, one tracked step per setting, the estimate."""
+    import json
+    from minigpt.paths import ROOT
+    return json.loads((ROOT / "benchmarks" / "results" / "forum_grid.json").read_text(encoding="utf-8"))
+
+
+def measured_cell(d: dict, precision: str, method: str, scale: int) -> dict:
+    """One cell of measured_grid(): precision "fp32" | "amp-bf16", method "full" | "lora", scale 1 | 8."""
+    return d["cells"][f"{precision}/{method}/x{scale}"]

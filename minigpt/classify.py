@@ -94,8 +94,8 @@ def train_classifier(model: nn.Module, batches: Iterable[dict], lr: float, epoch
             sched.step()
             result.losses.append(loss.item())
             result.steps += 1
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)   # drawn by the next update
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if result.steps >= total:
                 break
     result.seconds = time.perf_counter() - start
@@ -124,4 +124,12 @@ def accuracy(model: nn.Module, batches: Iterable[dict]) -> float:
     return (preds == labels).float().mean().item()
 
 
-__all__ = ["MeanPoolClassifier", "TrainResult", "train_classifier", "predict", "accuracy", "trainable"]
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors an optimizer holds in its state (AdamW: exp_avg, exp_avg_sq and the
+    step counter of every parameter it has stepped); 0 before its first step."""
+    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
+               for t in state.values() if isinstance(t, torch.Tensor))
+
+
+__all__ = ["MeanPoolClassifier", "TrainResult", "train_classifier", "predict", "accuracy", "trainable",
+           "optimizer_state_bytes"]

@@ -73,3 +73,59 @@ def bucket_row(report: MemoryReport, estimate: Optional["Estimate"] = None) -> d
 
 
 __all__ = ["step_memory", "estimated_memory", "padding_memory", "bucket_row"]
+
+
+# ------------------------------------------------------------------ the forum's grid, on MiniLM
+# The learner's four settings (fp32 / mixed precision x short / 8x longer inputs) for full and LoRA.
+# On a CPU, mixed precision is bf16 autocast (CPU autocast has no fp16 matmuls worth measuring);
+# the buckets are tracked by the same tensor tracker as step_memory.
+GRID_PRECISIONS = ("fp32", "amp-bf16")
+GRID_METHODS = ("full", "lora")
+GRID_SCALES = (1, 8)
+MAX_POSITIONS = 512          # MiniLM's position embeddings: a longer row is cut here
+
+
+def repeat_text(text: str, scale: int) -> str:
+    """The learner's "8 x length" input: the review written ``scale`` times, joined by spaces
+    (so that the last word of one copy and the first of the next stay two words)."""
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer (1 = the review as it is), got {scale!r}.")
+    return " ".join([text] * scale)
+
+
+def scaled_reviews(split: str, n: int, scale: int, tokenizer) -> tuple[object, dict]:
+    """The first ``n`` reviews of ``split``, each repeated ``scale`` times, tokenized and cut at
+    MiniLM's MAX_POSITIONS tokens. Returns (tokenized dataset, {"rows", "rows_cut", "max_tokens"}):
+    ``rows_cut`` counts the rows the cap shortened (0 when the cap is never hit)."""
+    from .hf_data import reviews_dataset, tokenize
+    ds = reviews_dataset(split, n=n)
+    texts = [repeat_text(t, scale) for t in ds["text"]]
+    ds = ds.remove_columns("text").add_column("text", texts)
+    full = [len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]]
+    tok = tokenize(ds, tokenizer, max_length=MAX_POSITIONS)
+    return tok, {"rows": len(full), "rows_cut": sum(t > MAX_POSITIONS for t in full),
+                 "max_tokens_uncut": max(full)}
+
+
+def grid_memory(method: str, batch: dict, precision: str = "fp32", seed: int = 0) -> MemoryReport:
+    """One tracked AdamW step of ``build_classifier(method)`` on ``batch`` at ``precision``
+    ("fp32", or "amp-bf16": torch.autocast on the CPU, fp32 weights, bf16 matmuls)."""
+    if precision not in GRID_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(GRID_PRECISIONS)}, got {precision!r}.")
+    return measure_step(lambda: build_classifier(method, seed), dict(batch), precision=precision)
+
+
+def grid_estimate(method: str, batch_size: int, seq: int, precision: str = "fp32",
+                  lora: LoRASettings = LORA) -> "Estimate":
+    """The estimator's prediction for grid_memory's step (CPU semantics, AdamW, the model's dropout)."""
+    from .encoder import load_encoder
+    from .memory.estimate import estimate
+    cfg = load_encoder().config
+    cfg.num_labels = 2                                   # the classifier's two labels
+    adapters = {"rank": lora.r, "alpha": lora.alpha, "targets": list(lora.targets)}
+    return estimate(cfg, method=_ESTIMATOR_METHOD[method], batch=batch_size, seq=seq, precision=precision,
+                    semantics="cpu", **adapters)
+
+
+__all__ += ["GRID_PRECISIONS", "GRID_METHODS", "GRID_SCALES", "MAX_POSITIONS", "repeat_text",
+            "scaled_reviews", "grid_memory", "grid_estimate"]

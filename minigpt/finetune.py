@@ -13,15 +13,19 @@ Every method starts from the same pretrained encoder and the same head (seeded),
 
 The peft adapter is saved in peft's own format (``adapter_config.json`` + ``adapter_model.safetensors``)
 by ``save_peft_adapter``, loads back with ``load_peft_adapter`` and merges with peft's
-``merge_and_unload``.
+``merge_and_unload``; ``safetensors_sizes`` splits such a file into its header and its tensor data.
+``committed_benchmark`` reads the committed results of ``benchmarks/bench_minilm.py``; ``time_step``
+times training steps of a method on a device (and reads the CUDA peak there).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -30,9 +34,11 @@ from .classify import MeanPoolClassifier
 from .encoder import load_encoder
 from .lora import apply_lora
 from .nf4 import quantize_model
+from .paths import ROOT
 
 METHODS = ("full", "lora", "peft-lora", "qlora", "qlora-bnb")
 HEAD = "classifier"
+BENCHMARK = ROOT / "benchmarks" / "results" / "minilm.json"     # written by benchmarks/bench_minilm.py
 
 
 @dataclass(frozen=True)
@@ -142,5 +148,59 @@ def load_peft_adapter(folder: str | Path, seed: int = 0) -> nn.Module:
     return PeftModel.from_pretrained(base_classifier(seed), str(folder)).eval()
 
 
-__all__ = ["METHODS", "LORA", "LEARNING_RATES", "LoRASettings", "base_classifier", "peft_config",
-           "build_classifier", "copy_adapters", "save_peft_adapter", "load_peft_adapter"]
+def safetensors_sizes(path: str | Path) -> tuple[int, int]:
+    """(header, data) bytes of a .safetensors file: it is an 8-byte little-endian header length, that
+    many bytes of JSON (names, dtypes, shapes, offsets), then the tensors' bytes back to back."""
+    path = Path(path)
+    with path.open("rb") as f:
+        header = int.from_bytes(f.read(8), "little")
+    size = path.stat().st_size
+    if not 0 <= header <= size - 8:
+        raise ValueError(f"{path} is not a safetensors file (its first 8 bytes give a header of {header} bytes).")
+    return 8 + header, size - 8 - header
+
+
+def committed_benchmark(path: str | Path = BENCHMARK) -> dict:
+    """The committed results of ``benchmarks/bench_minilm.py`` (command, machine, date, versions,
+    and per method: accuracy, trainable parameters, losses, tracked memory); ``make benchmark-minilm``
+    writes them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"No benchmark results at {path}; run `make benchmark-minilm` to write them.")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def time_step(method: str, batch: dict, device: str = "cuda", steps: int = 3, seed: int = 0,
+              lr: Optional[float] = None) -> tuple[float, Optional[int]]:
+    """``steps`` AdamW steps of ``build_classifier(method)`` on ``batch`` on ``device``: (seconds of the
+    last step, CUDA max_memory_allocated of that step in bytes, None off CUDA). The first step
+    allocates AdamW's state, so the last one is the steady state."""
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    cuda = torch.device(device).type == "cuda"
+    model = build_classifier(method, seed).to(device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr or LEARNING_RATES[method])
+    batch = {k: v.to(device) for k, v in batch.items()}
+    seconds, peak = 0.0, None
+    for _ in range(steps):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        loss = model(**batch).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if cuda:
+            torch.cuda.synchronize()
+            peak = torch.cuda.max_memory_allocated()
+        seconds = time.perf_counter() - start
+    del model, opt
+    if cuda:
+        torch.cuda.empty_cache()
+    return seconds, peak
+
+
+__all__ = ["METHODS", "LORA", "LEARNING_RATES", "BENCHMARK", "LoRASettings", "base_classifier", "peft_config",
+           "build_classifier", "copy_adapters", "save_peft_adapter", "load_peft_adapter", "safetensors_sizes",
+           "committed_benchmark", "time_step"]

@@ -26,6 +26,7 @@ follow the library's exact arithmetic.
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -98,6 +99,13 @@ _NF4_ZERO_INDEX = NF4_CODE.tolist().index(0.0)               # 7: pads an odd-le
 # 2-D table, which is faster (benchmarks/bench_from_scratch.py); the bits are only copied.
 _BYTE_TO_PAIR = torch.stack([NF4_CODE.repeat_interleave(16), NF4_CODE.repeat(16)], dim=1)  # (256, 2)
 _BYTE_TO_PAIR_WORDS = _BYTE_TO_PAIR.view(torch.int64).view(256).tolist()                # 256 ints
+# Large weights read two bytes at a time instead: a uint16 (little-endian: the first byte is the
+# low half) indexes a table of 65,536 rows of four levels (1 MiB), so the gather and the int32
+# index it needs are half as long. The 16-byte rows are gathered as complex128 values: the bits
+# are only copied, never computed on. Used from this many weights on, where the int32 index it
+# saves (1 byte per weight) outweighs the table: the decode transient is then smaller, never larger.
+_QUAD_MIN_NUMEL = 2 ** 20
+_LITTLE_ENDIAN = sys.byteorder == "little"
 
 # bitsandbytes rounds the 8-bit scales after snapping x in [-1, 1] to GRID_STEPS + 1 points
 GRID_STEPS = 65535
@@ -325,14 +333,46 @@ def quantize_nf4(w: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant: bool
     return NF4Tensor(packed, codes, w.shape, w.dtype, blocksize, absmax_offset=offset, absmax_scale=scale)
 
 
+_QUAD_TABLES: dict[torch.device, torch.Tensor] = {}   # (65536,) complex128 per device, built on first use
+
+
+def _quad_table(words: torch.Tensor) -> torch.Tensor:
+    """The 65,536-row table of four levels, from the (256,) table of byte pairs (as 8-byte words).
+
+    Row (hi << 8) | lo holds the pair of byte lo, then that of byte hi. Kept per device once
+    built (1 MiB, a constant of the format like the 16 levels): building it is one more pass
+    over 1 MiB on every call. While a dispatch mode is active (minigpt.memory's tracker, fake
+    tensors) it is built afresh instead, so the mode sees a table made from constants, not a
+    tensor of unknown origin.
+    """
+    cached = _QUAD_TABLES.get(words.device)
+    if cached is not None and torch._C._len_torch_dispatch_stack() == 0:
+        return cached
+    lo, hi = words.view(1, 256, 1).expand(256, 256, 1), words.view(256, 1, 1).expand(256, 256, 1)
+    quads = torch.cat([lo, hi], dim=2).view(65536, 2).view(torch.complex128).view(65536)
+    if torch._C._len_torch_dispatch_stack() == 0 and _is_concrete(words):
+        _QUAD_TABLES[words.device] = quads
+    return quads
+
+
+def _decode_levels(packed: torch.Tensor) -> torch.Tensor:
+    """The levels of every packed byte, high nibble first: (2 * n_bytes,) float32, unscaled."""
+    words = _table(_BYTE_TO_PAIR_WORDS, packed, torch.int64)                  # (256,) = (256, 2) levels
+    n_bytes = packed.numel()
+    if (n_bytes * 2 >= _QUAD_MIN_NUMEL and n_bytes % 2 == 0 and _LITTLE_ENDIAN
+            and packed.is_contiguous() and packed.storage_offset() % 2 == 0):
+        pairs_of_bytes = packed.view(torch.uint16).int()                            # (n_bytes / 2,)
+        return _quad_table(words).index_select(0, pairs_of_bytes).view(torch.float32)
+    return words.index_select(0, packed.int()).view(torch.float32)             # (n_bytes,) words
+
+
 def dequantize_nf4(q: NF4Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The float tensor an NF4Tensor stands for: level * block scale, in ``q.dtype`` (or ``dtype``).
 
     The product is formed in float32 and rounded once to the output dtype, as bitsandbytes does.
+    One gather from a lookup table, then one in-place multiply by the block scales.
     """
-    words = _table(_BYTE_TO_PAIR_WORDS, q.packed, torch.int64)                # (256,)
-    pairs = words.index_select(0, q.packed.int())          # (n_bytes,) 8-byte words = level pairs
-    levels = pairs.view(torch.float32)[:q.numel]           # (2 * n_bytes,) -> (n,) float32
+    levels = _decode_levels(q.packed)[:q.numel]            # (2 * n_bytes,) -> (n,) float32
     w = _scale_blocks_(levels, q.scales(), q.blocksize)
     return w.view(q.shape).to(dtype or q.dtype)
 

@@ -109,7 +109,7 @@ def figures() -> dict[str, str]:
         auto(states(t["start"])) for t in (m_full, m_lora, m_qlora))
     f.update(sharded_figures())
     f.update(polling_figures())
-    return f
+    f.update(grid_figures())
     return f
 
 
@@ -344,6 +344,92 @@ def t_q3(lang: str) -> str:
     return table(head, [[tr(lang, *name), get("full"), get("lora")] for name, get in rows], "lrr")
 
 
-TABLES = {"table.q3": t_q3, "table.sharded": t_sharded, "table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen,
+def grid_runs() -> dict:
+    """The committed measurement of `make benchmark-grid` (benchmarks/bench_forum_grid.py)."""
+    from .. import puzzle
+    return puzzle.measured_grid()
+
+
+GRID_ORDER = [(p, s, m) for p in ("fp32", "amp-bf16") for s in (1, 8) for m in ("full", "lora")]
+
+
+def _cell(d: dict, precision: str, method: str, scale: int) -> dict:
+    from .. import puzzle
+    return puzzle.measured_cell(d, precision, method, scale)
+
+
+def _states(m: dict) -> int:
+    return sum(m[k] for k in ("weights_trainable", "weights_frozen", "gradients", "optimizer"))
+
+
+def grid_figures() -> dict[str, str]:
+    """The figures of the measured MiniLM grid (theory 03, 'The learner's questions')."""
+    d, f = grid_runs(), {}
+    st, mach = d["settings"], d["machine"]
+    f["grid.machine"] = (f"{mach['cpu']}, {mach['cores']} cores, torch {d['versions']['torch']}, "
+                         f"{d['date_utc'][:10]}")
+    f["grid.train"], f["grid.test"], f["grid.batch"] = num(st["train_reviews"]), num(st["test_reviews"]), str(st["batch_size"])
+    f["grid.steps"] = str(_cell(d, "fp32", "full", 1)["steps"])
+    f["grid.train_batch"] = str(st["train_batch_size"])
+    f["grid.T1"] = str(d["inputs"]["x1"]["memory_batch_tokens"])
+    f["grid.T8"] = str(d["inputs"]["x8"]["memory_batch_tokens"])
+    f["grid.cut"] = num(sum(d["inputs"]["x8"][s]["rows_cut"] for s in ("train", "test")))
+    f["grid.maxpos"] = str(st["max_positions"])
+    f["grid.majority"] = pct(d["baseline"]["majority"], 1)
+    accs = [c["accuracy"] for c in d["cells"].values()]
+    f["grid.acc.min"], f["grid.acc.max"] = pct(min(accs), 1), pct(max(accs), 1)
+    errs = [abs(c["memory"]["estimate_error"]) for c in d["cells"].values()]
+    f["grid.maxerr"] = pct(max(errs), 1)
+    ratios = {(p, s): _cell(d, p, "lora", s)["memory"]["peak"] / _cell(d, p, "full", s)["memory"]["peak"]
+              for p, s, m in GRID_ORDER if m == "full"}
+    for (p, s), r in ratios.items():
+        f[f"grid.ratio.{p}.x{s}"] = pct(r, 0)
+    for p, s, m in GRID_ORDER:
+        f[f"grid.peak.{p}.{m}.x{s}"] = auto(_cell(d, p, m, s)["memory"]["peak"])
+    a1, a8 = (_cell(d, "fp32", "lora", s)["memory"]["activations"] for s in (1, 8))
+    f["grid.act.growth"] = times(a8 / a1, 1)
+    f["grid.T.growth"] = times(d["inputs"]["x8"]["memory_batch_tokens"] / d["inputs"]["x1"]["memory_batch_tokens"], 1)
+    for s in (1, 8):
+        f[f"grid.bf16.saving.full.x{s}"] = pct(1 - _cell(d, "amp-bf16", "full", s)["memory"]["peak"]
+                                               / _cell(d, "fp32", "full", s)["memory"]["peak"], 0)
+    f["grid.copies.lora.x1"] = auto(_cell(d, "amp-bf16", "lora", 1)["memory"]["weight_copies"])
+    f.update(minilm_memory_figures())
+    return f
+
+
+def minilm_memory_figures() -> dict[str, str]:
+    """What LoRA and QLoRA save in the committed MiniLM runs (theory 02's table, quoted in theory 03)."""
+    from .theory02 import minilm_runs
+    d = minilm_runs()
+    peak = {k: v["memory"]["peak"] for k, v in d["methods"].items()}
+    mb = d["settings"]["memory_batch"]
+    return {"minilm.shape": f"$B$ = {mb['batch_size']}, $T$ = {mb['tokens']}",
+            "minilm.lora.vs.full": pct(peak["lora"] / peak["full"], 0),
+            "minilm.qlora.vs.lora": pct(peak["qlora"] / peak["lora"], 0)}
+
+
+def t_grid(lang: str) -> str:
+    """The measured MiniLM grid beside course/puzzle.py's RoBERTa-base traces of the learner's runs."""
+    from minigpt.memory.buckets import fmt_error
+    d = grid_runs()
+    prec = {"fp32": ("fp32", "fp32"), "amp-bf16": ("bf16 autocast", "autocast bf16")}
+    rows = []
+    for p, s, meth in GRID_ORDER:
+        c = _cell(d, p, meth, s)
+        m, rb = c["memory"], c["roberta_base"]
+        rows.append([tr(lang, *prec[p]), f"{s}×, $T$ = {c['tokens']}", tr(lang, *METHOD_TEXT[meth]),
+                     auto(_states(m)), auto(m["activations"]), auto(m["weight_copies"]), f"**{auto(m['peak'])}**",
+                     f"{auto(m['estimated_peak'])} ({fmt_error(m['estimated_peak'], m['peak'])})",
+                     pct(c["accuracy"], 1), fixed(c["seconds_per_step"], 2), gib(rb["peak"])])
+    head = [tr(lang, "precision", "precisión"), tr(lang, "inputs", "entradas"), tr(lang, "method", "método"),
+            tr(lang, "model states", "estados del modelo"), tr(lang, "activations", "activaciones"),
+            tr(lang, "weight copies", "copias de pesos"), tr(lang, "peak (tracked)", "pico (rastreado)"),
+            tr(lang, "estimated (error)", "estimado (error)"), tr(lang, "test accuracy", "exactitud en test"),
+            tr(lang, "s/step", "s/paso"),
+            tr(lang, "RoBERTa-base, learner's run (traced)", "RoBERTa-base, ejecución del estudiante (trazada)")]
+    return table(head, rows, "lll" + "r" * 8)
+
+
+TABLES = {"table.q3": t_q3, "table.grid": t_grid, "table.sharded": t_sharded, "table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen,
           "table.attention": t_attention, "table.zero": t_zero, "table.footprint": t_footprint,
           "table.learner": t_learner}

@@ -27,7 +27,7 @@ from .buckets import BUCKETS
 from .compare import (DEFAULT_GRID_MODELS, MEASURABLE_OPTIMIZERS, MEASURABLE_PRECISIONS, MODES,  # noqa: F401
                       accuracy_grid, build_factory, compare, compare_dict, compare_table, dropout_overrides,
                       format_grid, format_row, measure, measured_model_state)
-from .estimate import ATTENTIONS, METHODS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, estimate
+from .estimate import ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, estimate
 from .estimate.sharding import SHARDINGS
 from . import device_view
 from .gpus import GPUS, gpu
@@ -74,10 +74,9 @@ def _pos_float(s: str) -> float:
     return v
 
 
-def _model_name(s: str) -> str:
-    from . import zoo
-    if s not in zoo.names():
-        raise argparse.ArgumentTypeError(f"unknown model {s!r}; use one of: {', '.join(zoo.names())}")
+def _set_item(s: str) -> str:
+    if "=" not in s or not s.partition("=")[0].strip():
+        raise argparse.ArgumentTypeError(f"needs the form key=value (e.g. --set num_hidden_layers=2), got {s!r}")
     return s
 
 
@@ -85,7 +84,10 @@ def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m minigpt.memory",
                 description="Predict (estimate), measure, or compare the memory of one training step.")
     p.add_argument("command", choices=("estimate", "measure", "compare"))
-    p.add_argument("--model", type=_model_name, default="small", help="a minigpt.memory.zoo name")
+    p.add_argument("--model", default="small",
+                   help="a minigpt.memory.zoo name, a config.json, or a model directory holding one (configs/)")
+    p.add_argument("--set", dest="overrides", action="append", type=_set_item, default=[], metavar="KEY=VALUE",
+                   help="override a config field (repeatable; int/float/true/false/none/str), e.g. num_hidden_layers=2")
     p.add_argument("--method", choices=METHODS, default="full")
     p.add_argument("--rank", type=_pos_int, default=8)
     p.add_argument("--alpha", type=_pos_float, default=16.0)
@@ -96,7 +98,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument("--dropout", type=_prob, default=None, help="the model's own dropout (default: its config's)")
     p.add_argument("--lora-dropout", type=_prob, default=0.0, help="dropout on each adapter's input (lora, qlora)")
-    p.add_argument("--batch", type=_pos_int, default=1)
+    p.add_argument("--batch", type=_pos_int, default=1, help="rows per optimizer step (per GPU)")
+    p.add_argument("--micro-batch", type=_pos_int, default=None,
+                   help="rows per forward/backward: gradient accumulation over batch / micro-batch of them")
+    p.add_argument("--optimizer-impl", choices=OPTIMIZER_IMPLS, default="default",
+                   help="torch's AdamW: default (for-loop on CPU, foreach on CUDA), for-loop, foreach or fused")
+    p.add_argument("--no-set-to-none", dest="set_to_none", action="store_false",
+                   help="zero_grad(set_to_none=False): zeroed gradients stay allocated through the step")
     p.add_argument("--seq", type=_pos_int, default=128)
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--mode", choices=MODES, default="fake")
@@ -136,10 +144,22 @@ def _estimate_view(a, kwargs: dict, est):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = make_parser()
     a = parser.parse_args(argv)
+    from .hf_models import parse_set
+    try:
+        overrides = parse_set(a.overrides)
+    except ValueError as e:
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
+    clash = sorted(set(overrides) & {"model", "method", "rank", "alpha", "targets", "double_quant", "precision",
+                                     "optimizer", "attention", "dropout", "lora_dropout", "batch", "seq", "mode",
+                                     "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index"})
+    if clash:
+        parser.exit(2, f"{parser.prog}: error: --set {clash[0]}=... names an argument of the estimator, not only a "
+                       f"config field; use its own flag (--{clash[0].replace('_', '-')}) instead.\n")
     kwargs = dict(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, targets=a.targets,
                   double_quant=a.double_quant, precision=a.precision, optimizer=a.optimizer,
-                  attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch, seq=a.seq,
-                  checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero)
+                  attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch,
+                  micro_batch=a.micro_batch, set_to_none=a.set_to_none, optimizer_impl=a.optimizer_impl, seq=a.seq,
+                  checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero, **overrides)
     if a.command != "estimate" and (a.sharding != "flat" or a.rank_index):
         parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "
                        "measure runs one process: use `python -m minigpt.memory.distributed` to run ranks.\n")
@@ -158,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if a.json:
                 out = {k: int(rep.buckets[k]) for k in BUCKETS}
                 out.update(peak=int(rep.peak), peak_phase=rep.peak_phase, label=rep.label,
-                           phases=rep.to_dict()["phases"], config={**kwargs, "mode": a.mode},
+                           phases=rep.to_dict()["phases"], config={**kwargs, "mode": a.mode, "overrides": overrides},
                            device_view=view.to_dict())
                 print(json.dumps(out, indent=2))
             else:

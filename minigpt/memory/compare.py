@@ -12,7 +12,9 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..precision import RUNNABLE, compute_dtype
 from .buckets import BUCKETS, GiB, MiB, MODEL_STATE_BUCKETS
-from .estimate import (METHODS, Estimate, EstimateError, estimate, resolve_model, resolve_targets)
+from .estimate import (METHODS, Estimate, EstimateError, accumulation_steps, closed_form_reason, estimate,
+                       is_config_source, resolve_config, resolve_model, resolve_targets)
+from .estimate.traced import adapted_factory, measured_model_state, trace
 
 
 MODES = ("fake", "cpu", "cuda")
@@ -43,7 +45,12 @@ def build_factory(name: str, method: str = "full", rank: int = 8, alpha: float =
                   lora_dropout: float = 0.0, **overrides) -> Callable:
     """A zero-argument builder of the model ``estimate`` describes, for measure_step:
     zoo.build, then (qlora) minigpt.nf4.quantize_model (the heads stay unquantised), then (lora,
-    qlora) minigpt.lora.apply_lora with a classification head trained in full."""
+    qlora) minigpt.lora.apply_lora with a classification head trained in full. ``name`` may also be
+    a config.json path, a model directory, a dict or a PretrainedConfig (hf_models.build_model)."""
+    if is_config_source(name):
+        src = resolve_config(name, overrides, dropout)
+        return adapted_factory(src, method, rank, alpha, targets, double_quant, precision, attention, seed,
+                               lora_dropout)[0]
     import torch
     from . import zoo
     from ..lora import apply_lora
@@ -87,31 +94,39 @@ def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: fl
             targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
             optimizer: str = "adamw", attention: str = "sdpa", dropout: Optional[float] = None,
             batch: int = 1, seq: int = 128, checkpointing: bool = False, mode: str = "fake",
-            semantics: str = "cuda", gpus: int = 1, zero: int = 0, lora_dropout: float = 0.0, **overrides):
-    """measure_step on the model ``estimate`` would describe with the same arguments."""
+            semantics: str = "cuda", gpus: int = 1, zero: int = 0, lora_dropout: float = 0.0,
+            micro_batch: Optional[int] = None, set_to_none: bool = True, events: Optional[list] = None,
+            optimizer_impl: str = "default", **overrides):
+    """measure_step on the model ``estimate`` would describe with the same arguments (with
+    ``micro_batch``, each forward runs ``micro_batch`` rows, accumulated batch // micro_batch times).
+    ``events``: a list to receive the step's allocator events (allocator.replay)."""
     from . import zoo
     from .measure import measure_step
     if mode not in MODES:
         raise EstimateError(f"mode={mode!r} is not allowed; use one of: {', '.join(MODES)}.")
     _measure_args_check(precision, optimizer, gpus, zero, method)
+    if is_config_source(model):       # any transformers config: hf_models builds it
+        src = resolve_config(model, overrides, dropout)
+        if not closed_form_reason(src.config, seq):   # cheap: the estimator validates the arguments
+            estimate(src.config, method, rank, alpha, targets, double_quant, precision, optimizer, attention,
+                     None, batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout,
+                     micro_batch=micro_batch, set_to_none=set_to_none, optimizer_impl=optimizer_impl)
+        step_batch, acc = accumulation_steps(batch, micro_batch)
+        return trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, step_batch,
+                     seq, checkpointing, semantics, mode, lora_dropout, None, acc, set_to_none, events,
+                     optimizer_impl)[0]
     # the estimator validates everything else (and we fail before building anything)
     estimate(model, method, rank, alpha, targets, double_quant, precision, optimizer, attention, dropout,
-             batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, **overrides)
+             batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, micro_batch=micro_batch,
+             set_to_none=set_to_none, optimizer_impl=optimizer_impl, **overrides)
+    step_batch, acc = accumulation_steps(batch, micro_batch)
     make = build_factory(model, method, rank, alpha, targets, double_quant, precision, attention, dropout,
                          lora_dropout=lora_dropout, **overrides)
     vocab = {k: v for k, v in overrides.items() if k == "vocab_size"}
-    batch_t = zoo.make_batch(model, batch, seq, **vocab)
-    return measure_step(make, batch_t, optimizer=optimizer, precision=precision,
-                        checkpointing=checkpointing, mode=mode, semantics=semantics)
-
-
-def measured_model_state(report) -> dict:
-    """The persistent buckets of a MemoryReport: weights and optimizer state before the step,
-    gradients at the optimizer step (all of them exist then)."""
-    grads = report.phases.get("optimizer", {}).get("buckets", {}).get("gradients", 0)
-    return {"weights_trainable": report.start["weights_trainable"],
-            "weights_frozen": report.start["weights_frozen"],
-            "gradients": grads, "optimizer": report.start["optimizer"]}
+    batch_t = zoo.make_batch(model, step_batch, seq, **vocab)
+    return measure_step(make, batch_t, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
+                        mode=mode, semantics=semantics, accumulation=acc, set_to_none=set_to_none, events=events,
+                        optimizer_impl=optimizer_impl)
 
 
 def compare(**kwargs) -> tuple[Estimate, Any]:

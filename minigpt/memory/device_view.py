@@ -171,23 +171,12 @@ def _smi(reserved: Number, card: Optional[gpus.GpuSpec], loading: str,
 def trace(card: Optional[gpus.GpuSpec] = None, mode: str = "fake", **kwargs) -> tuple[Any, list[Event]]:
     """measure_step on the model of ``estimate(**kwargs)`` (fake tensors, CUDA semantics, the card's
     SDPA kernel), with its allocator events. Raises EstimateError for a step measure cannot run."""
-    from . import cuda_rules, zoo
-    from .compare import _measure_args_check, build_factory
-    from .measure import measure_step
-    kw = dict(kwargs)
-    run = {k: kw.pop(k) for k in ("optimizer", "batch", "seq", "checkpointing", "semantics", "gpus", "zero")
-           if k in kw}
-    _measure_args_check(kw.get("precision", "fp32"), run.get("optimizer", "adamw"), run.get("gpus", 1),
-                        run.get("zero", 0), kw.get("method", "full"))
-    name = kw.pop("model", "small")
-    make = build_factory(name, **kw)
-    vocab = {k: v for k, v in kw.items() if k == "vocab_size"}
-    batch = zoo.make_batch(name, run.get("batch", 1), run.get("seq", 128), **vocab)
+    from . import cuda_rules
+    from .compare import measure
+    kw = {k: v for k, v in kwargs.items() if k not in ("sharding", "rank_index", "gpu")}
     events: list[Event] = []
     with cuda_rules.on_card(card):
-        rep = measure_step(make, batch, optimizer=run.get("optimizer", "adamw"), precision=kw.get("precision", "fp32"),
-                           checkpointing=run.get("checkpointing", False), mode=mode,
-                           semantics=run.get("semantics", "cuda"), events=events)
+        rep = measure(mode=mode, events=events, **kw)
     return rep, events
 
 
@@ -204,8 +193,10 @@ def view_for_estimate(est, card: Optional[gpus.GpuSpec] = None, events: Optional
     """The three numbers of a closed-form estimate; reserved needs ``events`` (from ``trace``)."""
     ws = WORKSPACES * workspace_bytes(card)
     alloc = est.peak + ws
+    # an Estimate of an architecture the closed form does not describe is a fake-tensor trace
+    what = "fake-tensor trace" if "fake-tensor trace" in est.label else "closed form"
     allocated = Number("allocated peak", alloc, alloc, ESTIMATED,
-                       f"closed form {est.peak:,} B + {WORKSPACES} cuBLAS workspaces {ws:,} B")
+                       f"{what} {est.peak:,} B + {WORKSPACES} cuBLAS workspaces {ws:,} B")
     if events is not None:
         _, reserved = _replayed(events, card)
     else:

@@ -25,12 +25,15 @@ from .buckets import MiB
 # What each lab measures on a GPU: keyword arguments of minigpt.memory.compare.measure (and of estimate).
 # Small enough for a 16 GB T4; tests/memory/test_gpu_check.py runs every case through the estimator and a trace.
 _SMALL = dict(model="small", batch=8, seq=128)
+# Lab 02's model: all-MiniLM-L6-v2 is BERT with 6 layers of width 384 (12 heads, MLP 1536) on BERT's vocabulary
+# and positions, so bert-large with those overrides builds its shape (random weights, BERT's pooler and head).
+_MINILM = dict(model="bert-large", num_hidden_layers=6, hidden_size=384, num_attention_heads=12,
+               intermediate_size=1536, batch=16, seq=64)
 LAB_CASES: dict[str, dict[str, dict[str, Any]]] = {
     "01": {"full, fp32": dict(_SMALL, method="full"),
            "LoRA r=8 on q,v, fp32": dict(_SMALL, method="lora", rank=8, targets="q,v")},
-    "02": {"full, fp32": dict(model="small", method="full", batch=32, seq=128),
-           "LoRA r=16 all-linear, fp32": dict(model="small", method="lora", rank=16, targets="all-linear",
-                                              batch=32, seq=128)},
+    "02": {"MiniLM shape, full, fp32": dict(_MINILM, method="full"),
+           "MiniLM shape, LoRA r=8 on query and value, fp32": dict(_MINILM, method="lora", rank=8, targets="q,v")},
     "03": {"full, fp32": dict(_SMALL, method="full"),
            "full, AMP bf16": dict(_SMALL, method="full", precision="amp-bf16"),
            "full, fp32, checkpointing": dict(_SMALL, method="full", checkpointing=True)},

@@ -25,7 +25,6 @@ import copy
 import gc
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -34,95 +33,17 @@ from torch.utils._pytree import tree_map
 
 from . import cuda_rules
 from ..precision import PRECISIONS as PRECISION_TABLE, RUNNABLE
-from .buckets import BUCKETS, GiB, MiB, fmt_bytes
+from .estimate.spec import OPTIMIZER_IMPLS
+from .report import STEP_PHASES, MemoryReport, label_for  # noqa: F401 (MemoryReport: re-exported)
 from .tracker import TensorTracker
 
 MODES = ("cpu", "fake", "cuda")
 SEMANTICS = ("cpu", "cuda")
 PRECISIONS = RUNNABLE
-STEP_PHASES = ("forward", "backward", "optimizer")
 _DTYPES = {k: PRECISION_TABLE[k].compute for k in RUNNABLE if k != "fp32"}
 
 ModelOrFactory = Union[nn.Module, Callable[[], nn.Module]]
 OptimizerSpec = Union[str, Callable[[list], torch.optim.Optimizer]]
-
-
-# ------------------------------------------------------------------------------- the report
-@dataclass
-class MemoryReport:
-    """Peak memory of one training step and where it went. All sizes are integer bytes."""
-    peak: int                                   # largest total over the step
-    buckets: dict[str, int]                     # bucket split at that peak (keys: buckets.BUCKETS)
-    phases: dict[str, dict]                     # {"forward"|"backward"|"optimizer": {"peak", "buckets"}}
-    peak_phase: str                             # the phase in which the peak happened
-    mode: str                                   # "cpu" | "fake" | "cuda"
-    semantics: str                              # "cpu" | "cuda"
-    label: str                                  # what kind of number this is, in words
-    precision: str = "fp32"
-    optimizer: str = "adamw"
-    checkpointing: bool = False
-    start: dict[str, int] = field(default_factory=dict)   # live before forward (weights, state)
-    n_params: int = 0
-    n_trainable: int = 0
-    reserved: Optional[int] = None              # CUDA only: torch.cuda.max_memory_reserved()
-    tracker_peak: Optional[int] = None          # CUDA only: the tracker's own peak (sum of storages)
-    notes: list[str] = field(default_factory=list)
-    seconds: float = 0.0                        # wall time of the tracked step
-
-    def to_dict(self) -> dict:
-        """Plain types only; sizes as integer bytes."""
-        return {
-            "peak": int(self.peak), "buckets": {k: int(v) for k, v in self.buckets.items()},
-            "phases": {p: {"peak": int(d["peak"]), "buckets": {k: int(v) for k, v in d["buckets"].items()}}
-                       for p, d in self.phases.items()},
-            "peak_phase": self.peak_phase, "mode": self.mode, "semantics": self.semantics,
-            "label": self.label, "precision": self.precision, "optimizer": self.optimizer,
-            "checkpointing": self.checkpointing, "start": {k: int(v) for k, v in self.start.items()},
-            "n_params": self.n_params, "n_trainable": self.n_trainable,
-            "reserved": None if self.reserved is None else int(self.reserved),
-            "tracker_peak": None if self.tracker_peak is None else int(self.tracker_peak),
-            "notes": list(self.notes), "seconds": self.seconds,
-        }
-
-    def table(self, unit: str = "auto") -> str:
-        """Bucket split at the peak and at each phase's own peak."""
-        if unit == "auto":
-            unit = "GiB" if self.peak >= GiB else "MiB" if self.peak >= MiB else "KiB"
-        div = {"KiB": 1024, "MiB": MiB, "GiB": GiB}.get(unit)
-        if div is None:
-            raise ValueError(f"unit must be 'KiB', 'MiB', 'GiB' or 'auto', got {unit!r}.")
-        cols = [p for p in STEP_PHASES if p in self.phases]
-        w = 18
-        lines = [f"{self.label}",
-                 f"precision={self.precision}  optimizer={self.optimizer}  "
-                 f"checkpointing={self.checkpointing}  params={self.n_params:,} "
-                 f"(trainable {self.n_trainable:,})",
-                 f"units: {unit} (1 {unit} = 2**{ {'KiB': 10, 'MiB': 20, 'GiB': 30}[unit]} bytes)",
-                 f"{'bucket':<{w}}{'at peak':>12}" + "".join(f"{c + ' pk':>14}" for c in cols)]
-        for k in BUCKETS:
-            lines.append(f"{k:<{w}}{self.buckets[k] / div:>12.2f}"
-                         + "".join(f"{self.phases[c]['buckets'][k] / div:>14.2f}" for c in cols))
-        lines.append(f"{'total':<{w}}{self.peak / div:>12.2f}"
-                     + "".join(f"{self.phases[c]['peak'] / div:>14.2f}" for c in cols))
-        lines.append(f"peak {fmt_bytes(self.peak, unit)} = {self.peak:,} bytes, during {self.peak_phase}")
-        if self.reserved is not None:
-            lines.append(f"max reserved by the caching allocator: {fmt_bytes(self.reserved, unit)}")
-        if self.tracker_peak is not None:
-            lines.append(f"tracker's peak (sum of live storages): {fmt_bytes(self.tracker_peak, unit)}")
-        lines += [f"note: {n}" for n in self.notes]
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.table()
-
-
-def label_for(mode: str, semantics: str) -> str:
-    if mode == "cuda":
-        return "measured on GPU (torch.cuda.max_memory_allocated; buckets from the tensor tracker)"
-    how = "tracked on CPU" if mode == "cpu" else "traced with fake tensors"
-    if semantics == "cuda":
-        return f"simulated CUDA ({how} with CUDA rules; not measured on a GPU)"
-    return f"{how} (live-tensor tracker, CPU kernels)"
 
 
 # ------------------------------------------------------------------------- step machinery
@@ -132,15 +53,20 @@ def _check_choice(name: str, value: str, allowed: tuple) -> None:
 
 
 def make_optimizer(spec: OptimizerSpec, params: list, foreach: Optional[bool] = None,
-                   lr: float = 1e-3) -> torch.optim.Optimizer:
+                   lr: float = 1e-3, fused: bool = False) -> torch.optim.Optimizer:
     """An optimizer from a name or a callable ``params -> optimizer``.
 
     Names: "adamw", "adam", "sgd" (momentum 0.9), "sgd-nomomentum", "adafactor", "rmsprop",
-    "adagrad". ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA).
+    "adagrad". ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA);
+    ``fused=True`` (Adam/AdamW): one fused kernel per step, no per-parameter temporaries.
     """
     if callable(spec):
         return spec(params)
     kw = {} if foreach is None else {"foreach": foreach}
+    if fused:
+        if spec not in ("adamw", "adam"):
+            raise ValueError(f"fused applies to optimizer 'adamw' or 'adam', not {spec!r}.")
+        kw = {"fused": True}
     if spec == "adamw":
         return torch.optim.AdamW(params, lr=lr, **kw)
     if spec == "adam":
@@ -266,8 +192,14 @@ class Session:
 
     def __init__(self, model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
-                 semantics: str = "cpu", keep_outputs: bool = True):
+                 semantics: str = "cpu", keep_outputs: bool = True, set_to_none: bool = True,
+                 accumulation: int = 1, optimizer_impl: str = "default"):
         _check_choice("mode", mode, MODES)
+        _check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
+        if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
+            raise ValueError(f"accumulation must be a positive integer (micro-batches per optimizer step), "
+                             f"got {accumulation!r}.")
+        self.set_to_none, self.accumulation = bool(set_to_none), accumulation
         _check_choice("semantics", semantics, SEMANTICS)
         _check_choice("precision", precision, PRECISIONS)
         if mode == "cuda" and not torch.cuda.is_available():
@@ -327,8 +259,10 @@ class Session:
             raise ValueError("The model has no trainable parameters (requires_grad=True); unfreeze "
                              "some, e.g. apply LoRA, before measuring a training step.")
         foreach = cuda_rules.optimizer_foreach(semantics) if mode != "cuda" else None
+        if optimizer_impl in ("for-loop", "foreach"):     # an explicit choice overrides the device's
+            foreach = optimizer_impl == "foreach"
         with self._ctx():
-            self.opt = make_optimizer(optimizer, self.trainable, foreach=foreach)
+            self.opt = make_optimizer(optimizer, self.trainable, foreach=foreach, fused=optimizer_impl == "fused")
         self.n_params = logical_parameter_count(model)
         self.n_trainable = sum(p.numel() for p in self.trainable)
 
@@ -360,7 +294,8 @@ class Session:
         return contextlib.nullcontext()
 
     def step(self, tracker: Optional[TensorTracker] = None) -> None:
-        """zero_grad(set_to_none=True), forward, backward, optimizer step.
+        """zero_grad(set_to_none), then ``accumulation`` times forward and backward (the loss divided
+        by ``accumulation``, gradients summed into .grad), then the optimizer step.
 
         With a tracker, the forward/backward/optimizer phases are marked on it, and the optimizer
         state is (re-)registered after the step (it is created inside the first step()).
@@ -372,19 +307,22 @@ class Session:
         rules = (cuda_rules.simulate(self.precision) if self.semantics == "cuda" and self.mode != "cuda"
                  else contextlib.nullcontext())
         with self._ctx(), rules, self._step_ctx():
-            self.opt.zero_grad(set_to_none=True)
+            self.opt.zero_grad(set_to_none=self.set_to_none)
             with (tracker if tracker is not None else contextlib.nullcontext()):
-                phase("forward")
-                with self._autocast():
-                    out = call_model(self.model, self.batch)
-                    loss = loss_of(out)
-                if not self.keep_outputs:
-                    del out
-                phase("backward")
-                loss.backward()
-                del loss
-                if self.keep_outputs:
-                    del out
+                for _ in range(self.accumulation):
+                    phase("forward")
+                    with self._autocast():
+                        out = call_model(self.model, self.batch)
+                        loss = loss_of(out)
+                        if self.accumulation > 1:
+                            loss = loss / self.accumulation
+                    if not self.keep_outputs:
+                        del out
+                    phase("backward")
+                    loss.backward()
+                    del loss
+                    if self.keep_outputs:
+                        del out
                 phase("optimizer")
                 self.opt.step()
                 if tracker is not None:
@@ -395,7 +333,8 @@ class Session:
 def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", *, keep_outputs: bool = True,
-                 events: Optional[list] = None) -> MemoryReport:
+                 events: Optional[list] = None, set_to_none: bool = True,
+                 accumulation: int = 1, optimizer_impl: str = "default") -> MemoryReport:
     """Peak memory of one training step, split into buckets (see buckets.py).
 
     Args:
@@ -418,6 +357,14 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
             cuda_rules.py: what a CUDA run would hold; labelled "simulated CUDA").
         keep_outputs: hold the model output (e.g. logits) until backward ends, as
             ``logits, loss = model(x, y); loss.backward()`` does. False frees it after the loss.
+        set_to_none: ``optimizer.zero_grad(set_to_none=...)``. False keeps the zeroed gradients
+            allocated through the next forward and backward (autograd then adds into them).
+        accumulation: gradient accumulation: ``batch`` is one micro-batch, run this many times
+            (forward and backward, loss / accumulation) before the optimizer step; from the
+            second micro-batch on, the gradients are alive through forward and backward.
+        optimizer_impl: "default" (the device's: for-loop on CPU, foreach on CUDA), "for-loop",
+            "foreach" or "fused" (torch's implementations of Adam/AdamW; fused keeps its step
+            counters on the device).
         events: a list to receive the step's allocator events (tracker ``record_events``: the
             registered states first, then the step), for ``allocator.replay``.
 
@@ -439,7 +386,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     driver, including cached free blocks and fragmentation, so it is larger and closer to what
     nvidia-smi shows (which adds the CUDA context, a few hundred MiB). Both are reported.
     """
-    s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs)
+    s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs,
+                set_to_none, accumulation, optimizer_impl)
     s.step()  # the untracked warm-up step: optimizer state now exists
     gc.collect()
     tracker = TensorTracker(semantics=s.semantics, gpu_only=(mode == "cuda"),
@@ -452,7 +400,7 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     if mode == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    s.opt.zero_grad(set_to_none=True)
+    s.opt.zero_grad(set_to_none=s.set_to_none)
     tracker.reset_peak()
     t0 = time.perf_counter()
     s.step(tracker)

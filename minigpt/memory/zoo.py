@@ -68,6 +68,14 @@ def resolve(name: str) -> tuple[str, str]:
 _resolve = resolve  # the estimator and CLI use this name
 
 
+def _known(name: str) -> bool:
+    try:
+        resolve(name)
+        return True
+    except ValueError:
+        return False
+
+
 def hf_config(name: str, attn_implementation: str = "sdpa", **overrides):
     """The transformers config of a zoo name (overrides: any config field, e.g. num_hidden_layers=2)."""
     if attn_implementation not in ("sdpa", "eager"):
@@ -150,11 +158,18 @@ def make_batch(name: str, batch_size: int = 1, seq_len: int = 128, seed: int = 0
     """A random batch of the right kind for ``name`` (token ids below the vocabulary size).
 
     minigpt: a tuple ``(idx, targets)``, each (B, S). LLaMA: ``{input_ids, labels}`` (B, S).
+    ``name`` may also be a config.json path, a model directory, a dict or a PretrainedConfig
+    (minigpt.memory.hf_models.make_batch; ``overrides`` are config fields).
     RoBERTa/BERT: ``{input_ids (B, S), labels (B,)}`` with 2 classes; with ``pad > 0`` also an
     ``attention_mask`` (B, S) whose first row ends in ``pad`` padding tokens. (No mask by default:
     transformers drops an all-ones mask after looking at its values, which fake tensors cannot do,
     so a real and a fake run would hold different tensors.)
     """
+    if not isinstance(name, str) or not _known(name):   # a config.json / model dir / dict / PretrainedConfig
+        from . import hf_models
+        if batch_size < 1 or seq_len < 1:
+            raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}.")
+        return hf_models.make_batch(hf_models.load_config(name, overrides), batch_size, seq_len, seed)
     family, key = _resolve(name)
     if batch_size < 1 or seq_len < 1:
         raise ValueError(f"batch_size and seq_len must be positive, got {batch_size} and {seq_len}.")

@@ -87,6 +87,20 @@ def test_quantize_matches_bitsandbytes_byte_for_byte(shape, dtype):
     torch.testing.assert_close(ours.float(), theirs.float(), rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(1024, 1024), (1023, 1025), (2 ** 20 + 2,)])
+def test_large_weights_decode_like_bitsandbytes(shape):
+    # From 2^20 weights on, dequantize_nf4 reads two bytes per index (a 65,536-row table); an odd
+    # number of bytes (the last shape: 2^19 + 1) keeps the one-byte table. Both must give the
+    # library's values bit for bit, in float32 and rounded to bfloat16. (The scales are decoded
+    # the same way on both paths, so double quantisation is covered by the tests below.)
+    w = weight(shape)
+    packed, state = bnb_quantize(w)
+    q = quantize_nf4(w)
+    theirs = bnb_dequantize(packed, state)
+    assert torch.equal(dequantize_nf4(q), theirs)
+    assert torch.equal(dequantize_nf4(q, torch.bfloat16), theirs.to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("blocksize", [32, 128, 256, 4096])
 def test_other_blocksizes_match_bitsandbytes(blocksize):
     w = weight((96, 200))                                  # 19,200 values: a short last block

@@ -67,6 +67,13 @@ def test_lora_dropout_is_its_own_flag_and_adds_each_adapters_copy_and_mask(capsy
     assert extra == 11 * 2 * n * 1
 
 
+def test_micro_batch_and_set_to_none_are_in_the_json_spec(capsys):
+    code, out, _ = run(capsys, "estimate", "--model", "small", "--batch", "8", "--micro-batch", "2",
+                       "--no-set-to-none", "--json")
+    cfg = json.loads(out)["config"]
+    assert code == 0 and (cfg["batch"], cfg["micro_batch"], cfg["accumulation"], cfg["set_to_none"]) == (8, 2, 4, False)
+
+
 def test_measure_and_compare_in_fake_mode(capsys):
     code, out, _ = run(capsys, "measure", "--model", "tiny", "--precision", "amp-bf16", "--batch", "2",
                        "--seq", "32", "--json")
@@ -93,6 +100,8 @@ def test_measure_and_compare_in_fake_mode(capsys):
     (["estimate", "--batch", "0"], "--batch: must be a positive integer"),
     (["estimate", "--dropout", "1"], "--dropout: must be a probability in [0, 1)"),
     (["estimate", "--lora-dropout", "1"], "--lora-dropout: must be a probability in [0, 1)"),
+    (["estimate", "--batch", "4", "--micro-batch", "3"], "micro_batch must be a positive divisor of batch=4"),
+    (["estimate", "--micro-batch", "0"], "--micro-batch: must be a positive integer"),
     (["estimate", "--lora-dropout", "0.1"], "lora_dropout applies to the adapters"),
     (["estimate", "--model", "gpt-5"], "use one of: tiny, small"),
     (["estimate", "--model", "small", "--seq", "999"], "use seq <= 128"),

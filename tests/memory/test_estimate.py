@@ -17,7 +17,7 @@ from minigpt.lora import lora_parameter_count  # noqa: E402
 from minigpt.memory import estimate as E  # noqa: E402
 from minigpt.memory import zoo  # noqa: E402
 from minigpt.memory.buckets import BUCKETS  # noqa: E402
-from minigpt.memory.compare import accuracy_grid, format_grid  # noqa: E402
+from minigpt.memory.compare import accuracy_grid, format_grid, measure, measured_model_state  # noqa: E402
 from minigpt.model import parameter_count, preset_config  # noqa: E402
 from minigpt.nf4 import nf4_nbytes  # noqa: E402
 from minigpt.repro import set_seed  # noqa: E402
@@ -292,3 +292,15 @@ def test_qlora_and_lora_report_the_same_logical_parameter_count():
     kw = dict(model="tiny", method="qlora", targets="all-linear", seq=32)
     assert measure(mode="cpu", semantics="cpu", **kw).n_params == E.estimate(semantics="cpu", **kw).n_params \
         == E.estimate(**{**kw, "method": "lora"}).n_params
+
+
+@pytest.mark.parametrize("precision", ["fp32", "amp-bf16"])
+def test_qlora_decode_of_large_layers_reads_byte_pairs(precision):
+    """minigpt.nf4 decodes a layer of >= 2**20 weights through a table of byte pairs (5 B/weight +
+    1 MiB at its worst, not 6; under bf16 compute the fp32-to-bf16 cast is then the worst moment):
+    minigpt-85m's 768 x 3072 MLP layers take that path, against a fake-tensor trace."""
+    kw = dict(model="minigpt-85m", method="qlora", targets="all-linear", precision=precision, semantics="cuda",
+              batch=1, seq=64, n_layer=2)
+    est, rep = E.estimate(**kw), measure(mode="fake", **kw)
+    assert est.model_state == measured_model_state(rep)
+    assert abs(est.peak - rep.peak) <= 0.001 * rep.peak, (est.peak, rep.peak)

@@ -111,18 +111,18 @@ from ..buckets import fmt_bytes
 from .forward import forward_walk
 from .replay import batch_bytes, replay_step
 from .report import LABEL, Estimate
-from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZERS,
-                   PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, linear_layers,
-                   lora_plan, model_names, n_parameters, parameter_inventory, resolve_model, resolve_targets,
-                   spec_from_config)
+from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS,
+                   PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, closed_form_reason,
+                   is_config_source, linear_layers, lora_plan, model_names, n_parameters, parameter_inventory,
+                   resolve_config, resolve_model, resolve_targets, spec_from_config, zoo_source)
 from .sharding import SHARDINGS, shard_states  # noqa: F401  (SHARDINGS: the CLI's choices)
 from .states import _param_bytes, _shard, model_states, nf4_bytes
 from .layers import sdpa_kernel
 from .walk import _Ctx
 
-__all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZERS",
+__all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZER_IMPLS", "OPTIMIZERS",
            "PRECISIONS", "SEMANTICS", "ZERO_STAGES", "LABEL", "Estimate", "EstimateError", "ModelSpec", "PTensor",
-           "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
+           "accumulation_steps", "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
            "lora_plan", "model_names", "model_states", "n_parameters", "nf4_bytes", "parameter_inventory",
            "replay_step", "resolve_model", "resolve_targets", "spec_from_config"]
 
@@ -155,13 +155,18 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
              dropout: Optional[float] = None, batch: int = 1, seq: int = 128,
              checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
              head_trainable: bool = True, sharding: str = "flat", rank_index: int = 0,
-             lora_dropout: float = 0.0, gpu: Any = None, **overrides) -> Estimate:
+             lora_dropout: float = 0.0, gpu: Any = None, micro_batch: Optional[int] = None,
+             set_to_none: bool = True, optimizer_impl: str = "default", **overrides) -> Estimate:
     """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
 
     Args:
         model: a name of minigpt.memory.zoo (tiny, small, minigpt-85m, roberta-base, bert-large,
-            llama-7b/13b/70b, minigpt:<preset>), a GPTConfig or a transformers Roberta/Bert/Llama
-            config. ``overrides`` change config fields (e.g. n_layer=2, num_hidden_layers=2).
+            llama-7b/13b/70b, minigpt:<preset>), a GPTConfig, or any transformers model given by a
+            config.json path, a model directory, a dict with model_type or a PretrainedConfig
+            (minigpt.memory.hf_models; configs/ ships some). ``overrides`` change config fields (e.g.
+            n_layer=2, num_hidden_layers=2). LLaMA, Mistral, Qwen2, BERT and RoBERTa are sized in closed
+            form; any other architecture is traced on fake tensors (estimate/traced.py) and the
+            Estimate's label and its one note say so.
         method: "full", "lora" or "qlora" (NF4 base, minigpt.nf4 = bitsandbytes' format).
         rank, alpha, targets: LoRA rank, scale (bytes do not depend on it) and target layers,
             "all-linear" or names; the shorthand q, k, v, o is resolved per architecture.
@@ -177,6 +182,15 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         lora_dropout: dropout on each adapter's input (peft's ``lora_dropout``; 0 by default, as
             in minigpt.lora and peft); it does not change the model's own dropout.
         batch, seq: batch size and sequence length (per GPU).
+        micro_batch: gradient accumulation: each forward/backward sees ``micro_batch`` rows and
+            ``batch // micro_batch`` of them are summed before the optimizer step (None: no
+            accumulation). From the second micro-batch on the gradients are alive through forward
+            and backward, so the peak is that micro-batch's.
+        optimizer_impl: torch's AdamW implementation: "default" (for-loop on CPU, foreach on CUDA),
+            "for-loop", "foreach" (a temporary as large as all trainable parameters at the step) or
+            "fused" (no temporaries; its step counters live on the device).
+        set_to_none: ``zero_grad(set_to_none=...)``; False keeps zeroed gradients allocated through
+            forward and backward (the same effect on the peak as accumulation).
         checkpointing: gradient checkpointing of every block.
         semantics: "cuda" (what CUDA kernels hold: bool dropout masks, flash attention, CUDA's
             autocast lists, foreach optimizers, step counters on the host) or "cpu".
@@ -196,7 +210,16 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     _choice("attention", attention, ATTENTIONS)
     _choice("semantics", semantics, SEMANTICS)
     _choice("zero", zero, ZERO_STAGES)
+    _choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
+    if optimizer_impl != "default" and optimizer != "adamw":
+        raise EstimateError(f"optimizer_impl={optimizer_impl!r} chooses among torch's AdamW implementations; "
+                            f"use optimizer='adamw' or drop it.")
     batch, seq, gpus = _positive_int("batch", batch), _positive_int("seq", seq), _positive_int("gpus", gpus)
+    step_batch, accumulation = accumulation_steps(batch, micro_batch)
+    grads_alive = accumulation > 1 or not set_to_none
+    if grads_alive and (zero >= 2 or sharding == "fsdp2"):
+        raise EstimateError("gradient accumulation and set_to_none=False are modelled with unsharded gradients "
+                            "only; use zero 0 or 1 (sharding flat or ddp).")
     if method != "full":
         _positive_int("rank", rank)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
@@ -213,13 +236,24 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         raise EstimateError("lora_dropout applies to the adapters of method='lora' or 'qlora'; drop it for 'full'.")
     # the model, with its attention kernel and dropout
     name = model if isinstance(model, str) else getattr(model, "model_type", None) or type(model).__name__
-    if isinstance(model, str):
+    src = None
+    if is_config_source(model):          # a config.json, a model directory, a dict, a PretrainedConfig
+        src = resolve_config(model, overrides, dropout)
+        why = closed_form_reason(src.config, seq)
+        if why:                          # no formula for it: trace the step on fake tensors instead
+            from .traced import traced_estimate
+            return traced_estimate(src, why, method=method, rank=rank, alpha=alpha, targets=targets,
+                                   double_quant=double_quant, precision=precision, optimizer=optimizer,
+                                   attention=attention, batch=step_batch, seq=seq, checkpointing=checkpointing,
+                                   accumulation=accumulation, set_to_none=set_to_none,
+                                   optimizer_impl=optimizer_impl,
+                                   semantics=semantics, gpus=gpus, zero=zero, sharding=sharding,
+                                   head_trainable=head_trainable, lora_dropout=lora_dropout,
+                                   gpu=_card(gpu, precision))
+        spec, name = spec_from_config(src.config, src.name), src.name
+    elif isinstance(model, str):
         from .. import zoo
-        fam = None
-        try:
-            fam, key = zoo._resolve(model)
-        except ValueError:
-            raise EstimateError(f"Unknown model {model!r}; use one of: {', '.join(zoo.names())}.") from None
+        fam, key = zoo._resolve(model)
         ov = dict(overrides)
         if dropout is not None:
             if fam == "minigpt":
@@ -231,6 +265,7 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         if fam == "minigpt":
             ov["attention"] = attention
         spec = resolve_model(model, **ov)
+        src = zoo_source(model, spec, overrides)
     else:
         if overrides:
             raise EstimateError("config overrides only work with a model name; change the config object instead.")
@@ -245,12 +280,14 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     card = _card(gpu, precision)
     tg = resolve_targets(spec, targets) if method != "full" else ()
     states = model_states(spec, method, precision, optimizer, rank, tg, double_quant, semantics, head_trainable)
+    if optimizer_impl == "fused" and states.host:   # fused AdamW keeps its step counters on the device
+        states.optimizer, states.host = states.optimizer + states.host, 0
     shapes = {n: (i, o) for n, i, o, _ in linear_layers(spec)}
     for n in states.adapted:
         fin, fout = shapes[n]
         if rank > min(fin, fout):
             raise EstimateError(f"rank={rank} is too large for layer {n!r} ({fin} -> {fout}); use rank <= {min(fin, fout)}.")
-    ctx = _Ctx(spec, batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
+    ctx = _Ctx(spec, step_batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
                method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
                states.head_modules, checkpointing, float(lora_dropout), card)
     fw = forward_walk(ctx)
@@ -287,7 +324,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                      "(tests/memory/test_distributed.py); with adapters it follows the same rules, unmeasured.")
     peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
                         opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
-                        extra_copies=gather, fsdp=plan, ddp_buckets=sharding == "ddp")
+                        extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or grads_alive,
+                        optimizer_impl=optimizer_impl)
     comm = {}
     for ph, (tot, b) in list(peaks.items()):
         if ph != "_where" and "communication" in b:
@@ -314,6 +352,12 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                      "(gpus.sdpa_backend)" + (" -- a wheel with cuDNN > 9.15.0 runs cuDNN attention here instead "
                                               "(pytorch/pytorch#162073), which is not modelled." if card.sm[0] in (9, 10)
                                               and el == 2 else "."))
+    if accumulation > 1:
+        notes.append(f"gradient accumulation: {accumulation} micro-batches of {step_batch}; from the second on "
+                     "the gradients are alive through forward and backward (autograd adds into them).")
+    elif not set_to_none:
+        notes.append("zero_grad(set_to_none=False): the zeroed gradients stay allocated through forward and "
+                     "backward (autograd adds into them).")
     if where.get(phase):
         notes.append(f"peak at: {phase}, {where[phase]}.")
     config = dict(model=name, method=method, rank=rank if method != "full" else None,
@@ -322,9 +366,10 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                   double_quant=bool(double_quant), precision=precision, optimizer=optimizer,
                   attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
                   lora_dropout=float(lora_dropout) if method != "full" else None,
-                  batch=batch, seq=seq, checkpointing=bool(checkpointing), semantics=semantics,
-                  gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
-                  gpu=None if card is None else card.aliases[0])
+                  optimizer_impl=optimizer_impl,
+                  batch=batch, micro_batch=step_batch, accumulation=accumulation, set_to_none=bool(set_to_none),
+                  seq=seq, checkpointing=bool(checkpointing), semantics=semantics, gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
+                  gpu=None if card is None else card.aliases[0], spec=src.describe() if src is not None else None)
     model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,
                    "gradients": states.gradients, "optimizer": states.optimizer}
     return Estimate(peak=peak, buckets=split, peak_phase=phase,
@@ -348,6 +393,17 @@ def _card(gpu: Any, precision: str):
     if "bf16" in precision and not card.bf16:
         raise EstimateError(f"the {card.aliases[0].upper()} ({card.sm_name}) has no bf16; use amp-fp16 or fp32.")
     return card
+
+
+def accumulation_steps(batch: int, micro_batch: Optional[int]) -> tuple[int, int]:
+    """(rows per forward, micro-batches per optimizer step) for ``batch`` split into ``micro_batch``."""
+    if micro_batch is None:
+        return batch, 1
+    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or not 1 <= micro_batch <= batch \
+            or batch % micro_batch:
+        raise EstimateError(f"micro_batch must be a positive divisor of batch={batch} (the rows of one forward), "
+                            f"got {micro_batch!r}.")
+    return micro_batch, batch // micro_batch
 
 
 def asdict_shallow(spec: ModelSpec) -> dict:

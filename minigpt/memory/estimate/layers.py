@@ -64,15 +64,22 @@ class _Walk(_WalkCore):
         cd = c.lp
         n = fin * fout
         # decode transients (minigpt.nf4.dequantize_nf4): int32 codes (2 B/weight) and the float32
-        # levels they index (4 B) -> 6 B/weight at the worst moment; the decoded weight (the levels
-        # scaled in place, 4 B, or its 16-bit cast) lives through the matmul. Forward and backward.
-        dq = 6 * n
+        # levels they index (4 B) -> 6 B/weight at the worst moment; from 2**20 weights on (an even
+        # number of packed bytes) the bytes are read in pairs: an int32 index per two bytes (1 B/weight),
+        # the levels (4 B) and the 65,536-row table of four levels (1 MiB, built afresh under a
+        # tracker or fake tensors) -> 5 B/weight + 1 MiB. The decoded weight (the levels scaled in
+        # place, 4 B, or its 16-bit cast) lives through the matmul. Forward and backward.
+        # A 16-bit compute dtype adds the moment the fp32 weight is cast: 4 + 2 B/weight.
+        n_bytes = (n + 1) // 2
+        dq = 5 * n + 2 ** 20 if (2 * n_bytes >= 2 ** 20 and n_bytes % 2 == 0) else 6 * n
+        if cd != 4:
+            dq = max(dq, (4 + cd) * n)
         self.dequant = max(self.dequant, dq)
         xc = self.cast(x, cd)
         y = _T(rows * fout, cd, x.grad)
         # the decoded weight (n elements in the compute dtype) is the matmul's input: it is alive
         # while the output is written (forward: y; backward: grad_out @ W, the input's gradient);
-        # the 6 B/weight decode peak is over before that output exists
+        # the decode peak is over before that output exists
         self.record("nf4_linear", [xc], [y], work=n * cd, fwd_work=max(dq, n * cd + y.nbytes),
                     alive=[x], work_before=dq)
         return self.cast(y, x.el)

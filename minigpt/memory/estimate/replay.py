@@ -42,7 +42,8 @@ class _Live:
             self.where[phase] = self.at
 
 
-def _optimizer_temporaries(states: _States, optimizer: str, precision: str, semantics: str) -> int:
+def _optimizer_temporaries(states: _States, optimizer: str, precision: str, semantics: str,
+                           impl: str = "default") -> int:
     """Temporaries of optimizer.step().
 
     torch AdamW, foreach (CUDA's default, torch/optim/adam.py ``_multi_tensor_adam``):
@@ -50,7 +51,8 @@ def _optimizer_temporaries(states: _States, optimizer: str, precision: str, sema
     trainable parameters. For-loop (CPU's default, ``_single_tensor_adam``): ``denom =
     (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)`` makes two tensors of one parameter's
     size while the previous parameter's ``denom`` is still referenced. SGD with momentum updates
-    in place. bitsandbytes' 8-bit and paged optimizers run one fused kernel per tensor.
+    in place. bitsandbytes' 8-bit and paged optimizers run one fused kernel per tensor, and so
+    does AdamW with ``fused=True`` (``impl="fused"``: no temporaries).
     """
     sizes = [n * b for _, n, b in states.trainable]
     if not sizes:
@@ -58,7 +60,9 @@ def _optimizer_temporaries(states: _States, optimizer: str, precision: str, sema
     if optimizer == "adamw":
         if precision == "fp16-master":   # fp32 master copies: the update reads fp32 gradients
             return max(4 * n for _, n, _ in states.trainable) * 2
-        if semantics == "cuda":
+        if impl == "fused":
+            return 0
+        if impl == "foreach" or (impl == "default" and semantics == "cuda"):
             return sum(sizes)
         best, prev = 0, 0
         for sz in sizes:
@@ -71,7 +75,8 @@ def _optimizer_temporaries(states: _States, optimizer: str, precision: str, sema
 
 
 def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_scale: int = 1,
-                opt_scale: int = 1, extra_copies: int = 0, fsdp=None, ddp_buckets: bool = False) -> dict:
+                opt_scale: int = 1, extra_copies: int = 0, fsdp=None, grads_alive: bool = False,
+                optimizer_impl: str = "default") -> dict:
     """Peak bucket totals of the forward pass, the backward pass and the optimizer step.
 
     The backward pass is replayed over the forward's op list in reverse, as autograd runs it:
@@ -88,8 +93,10 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     its buffers). The root's weights stay gathered from forward to the end of backward; backward
     gathers each block when it reaches it and prefetches the next block's all-gather buffer; a
     block's gradients stay unsharded (temporaries) until its post-backward reduce-scatters them
-    (its buffer beside them), then its gathered weights are freed. ``ddp_buckets``: DDP with
-    ``gradient_as_bucket_view``: the full gradients are alive all step.
+    (its buffer beside them), then its gathered weights are freed. ``grads_alive``: the full
+    gradients are alive all step and each new one is added into them, then freed: DDP with
+    ``gradient_as_bucket_view`` (its buckets), zero_grad(set_to_none=False), and every micro-batch
+    after the first of a gradient accumulation.
     """
     static = empty_buckets()
     static["weights_trainable"] = states.weights_trainable
@@ -99,7 +106,7 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     static["weight_copies"] = extra_copies      # ZeRO-3 gather buffers
     if fsdp is not None:
         static["communication"] = 0
-    if ddp_buckets:
+    if grads_alive:
         static["gradients"] = states.gradients
     live = _Live(static)
     fs = _FsdpSchedule(fsdp, live) if fsdp is not None else None
@@ -250,8 +257,8 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
             pending[key] = n * fe
             if contributions[key] == 0 and fs is not None:
                 fs.grad_done(key, n * fe)     # unsharded until its unit's reduce-scatter
-            elif contributions[key] == 0 and ddp_buckets:
-                live.add("temporaries", -n * fe)   # written into its bucket, alive all along
+            elif contributions[key] == 0 and grads_alive:
+                live.add("temporaries", -n * fe)   # added into its .grad / bucket, alive all along
             elif contributions[key] == 0:   # (ZeRO-2/3: reduce-scattered, each GPU keeps 1/G)
                 live.add("temporaries", -n * fe)
                 live.add("gradients", _shard(n * fe, grad_scale))
@@ -276,7 +283,7 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     live.at = "optimizer.step()"
     # ---------------- optimizer step
     live.check("optimizer", {"temporaries": _shard(_optimizer_temporaries(
-        states, optimizer, ctx.precision, ctx.semantics), opt_scale)})
+        states, optimizer, ctx.precision, ctx.semantics, optimizer_impl), opt_scale)})
     live.peaks["_where"] = live.where
     return live.peaks
 

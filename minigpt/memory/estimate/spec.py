@@ -14,6 +14,8 @@ PRECISIONS = tuple(PRECISION_TABLE)   # minigpt/precision.py: the one table of p
 
 
 OPTIMIZERS = ("adamw", "sgd", "adamw-8bit", "paged-adamw", "paged-adamw-8bit")
+# torch's implementations of AdamW (optimizer_impl): the device's default, or one of the three
+OPTIMIZER_IMPLS = ("default", "for-loop", "foreach", "fused")
 
 
 ATTENTIONS = ("sdpa", "eager")
@@ -50,7 +52,8 @@ class ModelSpec:
     """Everything the formulas need to know about a model, read from its config.
 
     family: "minigpt" (minigpt.model.GPT, an LM), "roberta"/"bert" (transformers
-    ...ForSequenceClassification) or "llama" (transformers LlamaForCausalLM).
+    ...ForSequenceClassification) or "llama" (transformers LlamaForCausalLM, and Mistral/Qwen2ForCausalLM,
+    which are LLaMA's modules; Qwen2: ``o_bias=False`` with ``bias=True``).
     """
     name: str
     family: str
@@ -70,6 +73,7 @@ class ModelSpec:
     hidden_dropout: float = 0.0     # model's default dropout on hidden states
     attn_dropout: float = 0.0       # model's default dropout on attention probabilities
     config: Any = None              # the GPTConfig / transformers config it was read from
+    o_bias: Optional[bool] = None   # bias of the attention output (None: as ``bias``; Qwen2: q, k, v only)
 
     @property
     def head_dim(self) -> int:
@@ -106,15 +110,59 @@ def spec_from_config(cfg: Any, name: Optional[str] = None) -> ModelSpec:
                          n_labels=cfg.num_labels, bias=True, norm="layernorm", mlp="gelu", tie=False,
                          hidden_dropout=cfg.hidden_dropout_prob,
                          attn_dropout=cfg.attention_probs_dropout_prob, config=cfg)
-    if kind == "llama":
+    if kind in LLAMA_SHAPED:
+        why = closed_form_reason(cfg)
+        if why:
+            raise EstimateError(f"{why}; pass the config to estimate() as model=, which traces it on fake "
+                                f"tensors instead.")
         H = cfg.num_attention_heads
+        qwen2 = kind == "qwen2"          # Qwen2Attention: bias on q, k, v; none on o
         return ModelSpec(name=name or kind, family="llama", vocab=cfg.vocab_size, n_layer=cfg.num_hidden_layers,
                          d=cfg.hidden_size, n_head=H, n_kv_head=cfg.num_key_value_heads or H,
-                         ffn=cfg.intermediate_size, positions=0, bias=bool(cfg.attention_bias),
+                         ffn=cfg.intermediate_size, positions=0, bias=qwen2 or bool(getattr(cfg, "attention_bias", False)),
                          norm="rmsnorm", mlp="swiglu", tie=bool(cfg.tie_word_embeddings),
-                         hidden_dropout=0.0, attn_dropout=float(cfg.attention_dropout), config=cfg)
-    raise EstimateError(f"estimate() knows minigpt GPTConfig and transformers roberta, bert and llama "
-                        f"configs, not {kind or type(cfg).__name__!r}; pass one of those or a model name.")
+                         hidden_dropout=0.0, attn_dropout=float(cfg.attention_dropout), config=cfg,
+                         o_bias=False if qwen2 else None)
+    raise EstimateError(f"estimate() knows minigpt GPTConfig and transformers roberta, bert, llama, mistral and "
+                        f"qwen2 configs, not {kind or type(cfg).__name__!r}; pass one of those or a model name.")
+
+
+# transformers families whose modules are LLaMA's (modeling_mistral / modeling_qwen2 subclass
+# modeling_llama's attention, MLP, decoder layer and CausalLM; Qwen2 adds q/k/v biases)
+LLAMA_SHAPED = ("llama", "mistral", "qwen2")
+
+
+def sliding_window(cfg: Any) -> Optional[int]:
+    """The attention window a Mistral/Qwen2 model applies (None: full causal attention)."""
+    if getattr(cfg, "model_type", None) == "qwen2":
+        types = getattr(cfg, "layer_types", None) or ()
+        return cfg.sliding_window if "sliding_attention" in types else None
+    return getattr(cfg, "sliding_window", None)
+
+
+def closed_form_reason(cfg: Any, seq: Optional[int] = None) -> Optional[str]:
+    """None when the closed form describes the transformers config ``cfg`` (at sequence ``seq``),
+    else why not, in a few words. Only what tests/memory/test_any_model.py checks against a fake
+    trace is described: LLaMA-shaped configs with head_dim = hidden / heads, SiLU, no MLP bias, an untied
+    head, and a sliding window (if any) longer than the sequence (SDPA then runs plain causal attention;
+    at seq >= window transformers builds a (B, 1, T, T) mask)."""
+    kind = getattr(cfg, "model_type", None)
+    if kind in ("roberta", "bert"):
+        return None
+    if kind not in LLAMA_SHAPED:
+        return f"the closed form does not describe {kind}"
+    H = cfg.num_attention_heads
+    win = sliding_window(cfg)
+    for bad, what in (((getattr(cfg, "head_dim", None) or cfg.hidden_size // H) * H != cfg.hidden_size,
+                       "head_dim x heads != hidden_size"),
+                      (getattr(cfg, "hidden_act", "silu") != "silu", f"hidden_act {getattr(cfg, 'hidden_act', '')}"),
+                      (getattr(cfg, "mlp_bias", False), "mlp_bias"),
+                      (getattr(cfg, "tie_word_embeddings", False), "a tied LM head"),
+                      # masking_utils._ignore_causal_mask_sdpa keeps is_causal only while kv_length < window
+                      (win is not None and seq is not None and seq >= win, f"seq >= sliding_window {win}")):
+        if bad:
+            return f"the closed form does not describe this {kind} config: {what}"
+    return None
 
 
 def model_names() -> list[str]:
@@ -123,17 +171,69 @@ def model_names() -> list[str]:
     return zoo.names()
 
 
-def resolve_model(model: Union[str, Any], **overrides) -> ModelSpec:
-    """A name of minigpt.memory.zoo (with config overrides, e.g. n_layer=2 or num_hidden_layers=2),
-    a GPTConfig, a transformers config, or a ModelSpec."""
-    if isinstance(model, ModelSpec):
-        return model
+def is_config_source(model: Any) -> bool:
+    """True for what minigpt.memory.hf_models reads: a path (config.json or a model directory), a
+    dict with model_type, a transformers PretrainedConfig; a zoo name is not one."""
+    from pathlib import Path
     if isinstance(model, str):
         from .. import zoo
         try:
-            family, key = zoo._resolve(model)
+            zoo.resolve(model)
+            return False
         except ValueError:
-            raise EstimateError(f"Unknown model {model!r}; use one of: {', '.join(zoo.names())}.") from None
+            return True
+    if isinstance(model, (dict, Path)):
+        return True
+    try:
+        from transformers import PretrainedConfig
+    except ImportError:     # pragma: no cover (transformers is a requirement)
+        return False
+    return isinstance(model, PretrainedConfig)
+
+
+def resolve_config(model: Any, overrides: Optional[dict] = None, dropout: Optional[float] = None):
+    """minigpt.memory.hf_models.resolve, its errors as EstimateError."""
+    from .. import hf_models, zoo
+    try:
+        return hf_models.resolve(model, overrides, dropout, tuple(zoo.names()))
+    except ValueError as e:
+        raise EstimateError(str(e)) from None
+
+
+@dataclass
+class _ZooSource:
+    """How a zoo model was given, for the --json spec (as hf_models.Resolved.describe)."""
+    name: str
+    config: Any
+    overrides: dict
+
+    def describe(self) -> dict:
+        import dataclasses
+        import json
+        if dataclasses.is_dataclass(self.config):
+            fields = dataclasses.asdict(self.config)
+        else:
+            fields = json.loads(self.config.to_json_string(use_diff=True))
+        return {"source": f"zoo:{self.name}", "model_type": getattr(self.config, "model_type", "minigpt"),
+                "config": fields, "overrides": dict(self.overrides)}
+
+
+def zoo_source(name: str, spec: ModelSpec, overrides: dict) -> _ZooSource:
+    return _ZooSource(name, spec.config, dict(overrides))
+
+
+def resolve_model(model: Union[str, Any], **overrides) -> ModelSpec:
+    """A name of minigpt.memory.zoo (with config overrides, e.g. n_layer=2 or num_hidden_layers=2),
+    a GPTConfig, a transformers config, a config.json path or model directory, a dict, or a
+    ModelSpec. Raises EstimateError for what the closed form does not describe."""
+    if isinstance(model, ModelSpec):
+        return model
+    if is_config_source(model):
+        src = resolve_config(model, overrides)
+        return spec_from_config(src.config, src.name)
+    if isinstance(model, str):
+        from .. import zoo
+        family, key = zoo._resolve(model)
         if family == "minigpt":
             from ...model import preset_config
             try:
@@ -141,9 +241,15 @@ def resolve_model(model: Union[str, Any], **overrides) -> ModelSpec:
             except (TypeError, ValueError) as e:
                 raise EstimateError(str(e)) from None
         try:
-            return spec_from_config(zoo.hf_config(key, **overrides), model)
+            cfg = zoo.hf_config(key, **overrides)
         except (TypeError, ValueError) as e:
             raise EstimateError(str(e)) from None
+        fields = set(type(cfg)().to_dict()) | set(zoo.HF_CONFIGS[key])
+        bad = [k for k in overrides if k not in fields]
+        if bad:   # transformers configs accept any keyword silently
+            raise EstimateError(f"--set {bad[0]}: the {cfg.model_type} config of {model!r} has no field {bad[0]!r}; "
+                                f"its fields include {', '.join(sorted(k for k in zoo.HF_CONFIGS[key] if k != 'kind'))}.")
+        return spec_from_config(cfg, model)
     return spec_from_config(model)
 
 
@@ -167,7 +273,7 @@ def linear_layers(spec: ModelSpec) -> list[tuple[str, int, int, bool]]:
     (minigpt/families.py, the table LoRA's counts read too)."""
     return family_linear_layers(spec.family, n_layer=spec.n_layer, d=spec.d, ffn=spec.ffn, kv_dim=spec.kv_dim,
                                 vocab=spec.vocab, n_labels=spec.n_labels, swiglu=spec.mlp == "swiglu",
-                                bias=spec.bias)
+                                bias=spec.bias, o_bias=spec.o_bias)
 
 
 def parameter_inventory(spec: ModelSpec) -> list[PTensor]:

@@ -164,6 +164,31 @@ def row(*cols, widths: tuple[int, ...] = (26, 12, 12, 12, 12, 12)) -> str:
     return "".join(f"{c:<{w}}" if i == 0 else f"{c:>{w}}" for i, (c, w) in enumerate(zip(cols, widths)))
 
 
+# --------------------------------------------------- Question 3: the learner's nvidia-smi polling loop
+POLL_STEPS = 4             # consecutive training steps replayed, one DataLoader batch each
+POLL_EVERY = 1000          # the learner's thread: one nvidia-smi reading every this many allocator events
+POLL_CARD = "t4"           # the learner did not name their card; the free Colab/Kaggle one
+
+
+def polling_lengths(scale: int = SCALE, steps: int = POLL_STEPS) -> list[int]:
+    """The padded lengths of the first ``steps`` batches of the training snippets repeated ``scale``
+    times (dynamic padding: each batch padded to its longest row, cut at MAX_TOKENS)."""
+    return padded_lengths(token_lengths("train") * scale, BATCH)[:steps].tolist()
+
+
+def polling_run(precision: str, method: str, scale: int = SCALE, steps: int = POLL_STEPS, card: str = POLL_CARD):
+    """``steps`` consecutive steps of one run of the learner's grid, batches of ``polling_lengths``,
+    traced on fake tensors (simulated CUDA) and replayed through the allocator model
+    (minigpt.memory.polling.PollTimeline: allocated, reserved, nvidia-smi modelled for ``card``)."""
+    from minigpt import nf4  # noqa: F401 - its code tables must be built outside FakeTensorMode
+    from minigpt.memory.polling import record_steps
+    from minigpt.memory.zoo import make_batch
+    from .traces import _build_for_trace
+    s = spec(precision, method, scale)
+    batches = [make_batch(MODEL, BATCH, T, seed=i) for i, T in enumerate(polling_lengths(scale, steps))]
+    return record_steps(lambda: _build_for_trace(s), batches, precision=precision, card=card)
+
+
 # --------------------------------------------------- the same grid, trained on MiniLM (make benchmark-grid)
 # our precision on the CPU -> the learner's on a GPU (CPU autocast runs bf16; the learner ran fp16)
 MINILM_PRECISION = {"fp32": "fp32", "amp-bf16": "amp-fp16"}

@@ -108,6 +108,7 @@ def figures() -> dict[str, str]:
     f["fix.mini.states"] = ", ".join(
         auto(states(t["start"])) for t in (m_full, m_lora, m_qlora))
     f.update(sharded_figures())
+    f.update(polling_figures())
     f.update(grid_figures())
     return f
 
@@ -262,6 +263,87 @@ def t_sharded(lang: str) -> str:
     return table(head, out, "lrrrrrrr")
 
 
+@lru_cache(maxsize=None)
+def polling_runs() -> dict:
+    """Question 3: the learner's fp16 (AMP) full and LoRA runs at the long length, course.puzzle's
+    consecutive dynamic-padding batches, replayed through the allocator model, and polled."""
+    from course import puzzle
+    from minigpt.memory.polling import poll, summary
+    out = {}
+    for m in ("full", "lora"):
+        tl = puzzle.polling_run("amp-fp16", m)
+        out[m] = (tl, summary(tl, poll(tl, puzzle.POLL_EVERY)))
+    return out
+
+
+def polling_figures() -> dict[str, str]:
+    """The figures of Q3 (the learner's nvidia-smi loop, replayed) and of the public predictions table."""
+    import json
+    from course import puzzle
+    from minigpt.memory.allocator import replay
+    from minigpt.paths import ROOT
+    f: dict[str, str] = {}
+    runs = polling_runs()
+    f["q3.steps"] = str(puzzle.POLL_STEPS)
+    Ts = puzzle.polling_lengths()
+    assert Ts.index(max(Ts)) > 0 and Ts[:Ts.index(max(Ts)) + 1] == sorted(Ts[:Ts.index(max(Ts)) + 1]), \
+        "the lengths rise up to the longest batch (the text says so)"
+    f["q3.lengths"] = ", ".join(str(t) for t in puzzle.polling_lengths())
+    f["q3.every"] = num(puzzle.POLL_EVERY)
+    tl_full = runs["full"][0]
+    f["q3.card"] = tl_full.card.name
+    f["q3.ctx"] = f"{tl_full.context[0] / 2 ** 20:.0f}–{mib(tl_full.context[1], 0)}"   # MiB, a range
+    for m, (tl, s) in runs.items():
+        # the sentences around these figures: each is checked here
+        assert s["reserved_never_drops"] and s["last_above_every_peak"], m
+        f[f"q3.{m}.peak"] = gib(s["max_step_peak"])
+        f[f"q3.{m}.reserved1"] = gib(s["step_reserved"][0])
+        f[f"q3.{m}.reserved"] = gib(s["max_reserved"])
+        f[f"q3.{m}.last"] = f"{s['last_polled'][0] / 2 ** 30:.2f}–{gib(s['last_polled'][1])}"   # GiB, a range
+        f[f"q3.{m}.over"] = pct(s["last_polled"][0] / s["max_step_peak"] - 1, 0)
+        exp = replay(tl.events, "expandable_segments:True").reserved_peak
+        assert exp <= 1.02 * s["max_step_peak"], "expandable segments reserve about the step peak"
+        f[f"q3.{m}.expandable"] = gib(exp)
+    full, lora = runs["full"][1], runs["lora"][1]
+    assert lora["max_reserved"] < full["max_reserved"], "LoRA reserves less than full fine-tuning"
+    assert lora["last_polled"][0] > full["max_step_peak"], "LoRA's reading is above full's allocated peak"
+    gain = lambda r: r["max_reserved"] - r["max_step_peak"]   # noqa: E731 - bytes cached beyond the step's need
+    assert gain(full) > gain(lora), "full fine-tuning caches more beyond its step peak than LoRA"
+    assert all(r["step_reserved"][-1] == r["step_reserved"][-2] == r["max_reserved"] for r in (full, lora)), \
+        "the last step (a shorter batch) reserves nothing new"
+    rows = json.loads((ROOT / "docs" / "gpu-runs" / "public_predictions.json").read_text(encoding="utf-8"))["predictions"]
+    f["q3.public.n"] = str(len(rows))
+    nvml = [r for r in rows if r["kind"] == "nvml"]
+    f["q3.public.nvml.n"] = str(len(nvml))
+    assert all(r["error_percent_high"] < 0 for r in nvml), "the nvidia-smi rows are predicted below the reading"
+    f["q3.public.nvml.err"] = (f"{-max(r['error_percent_high'] for r in nvml):.1f}–"
+                               f"{-min(r['error_percent_low'] for r in nvml):.1f}%")   # below the reading by
+    return f
+
+
+def t_q3(lang: str) -> str:
+    """Q3: the learner's polling loop replayed, fp16 (AMP) full and LoRA at the long length."""
+    runs = {m: s for m, (_, s) in polling_runs().items()}
+    ex = polling_figures()
+    rows = [
+        (("largest step peak: `max_memory_allocated()` after `reset_peak_memory_stats()`, per step",
+          "mayor pico de un paso: `max_memory_allocated()` tras `reset_peak_memory_stats()`, por paso"),
+         lambda m: gib(runs[m]["max_step_peak"])),
+        (("reserved after step 1", "reservada tras el paso 1"), lambda m: gib(runs[m]["step_reserved"][0])),
+        (("`max_memory_reserved()` over the run", "`max_memory_reserved()` en toda la ejecución"),
+         lambda m: gib(runs[m]["max_reserved"])),
+        (("last nvidia-smi reading (modelled: reserved + context)", "última lectura de nvidia-smi (modelada: reservada + contexto)"),
+         lambda m: f"**{ex[f'q3.{m}.last']}**"),
+        (("last reading above the largest step peak", "última lectura por encima del mayor pico de un paso"),
+         lambda m: ex[f"q3.{m}.over"]),
+        (("`max_memory_reserved()` with `expandable_segments:True`", "`max_memory_reserved()` con `expandable_segments:True`"),
+         lambda m: ex[f"q3.{m}.expandable"]),
+    ]
+    head = [tr(lang, "replayed, fp16 (AMP), long inputs", "reproducido, fp16 (AMP), entradas largas"),
+            tr(lang, "full", "completo"), "LoRA"]
+    return table(head, [[tr(lang, *name), get("full"), get("lora")] for name, get in rows], "lrr")
+
+
 def grid_runs() -> dict:
     """The committed measurement of `make benchmark-grid` (benchmarks/bench_forum_grid.py)."""
     from .. import puzzle
@@ -348,6 +430,6 @@ def t_grid(lang: str) -> str:
     return table(head, rows, "lll" + "r" * 8)
 
 
-TABLES = {"table.grid": t_grid, "table.sharded": t_sharded, "table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen,
+TABLES = {"table.q3": t_q3, "table.grid": t_grid, "table.sharded": t_sharded, "table.buckets": t_buckets, "table.regimes": t_regimes, "table.frozen": t_frozen,
           "table.attention": t_attention, "table.zero": t_zero, "table.footprint": t_footprint,
           "table.learner": t_learner}

@@ -172,7 +172,7 @@ benchmark-minilm: $(STAMP)
 	$(PY) benchmarks/bench_minilm.py
 
 # the learner's grid (theory 03, lab 05) trained for real on MiniLM: full / LoRA x fp32 / bf16 autocast x
-# inputs 1x / 8x; writes benchmarks/results/forum_grid.json and .csv (~15 min on 2 shared cores)
+# inputs 1x / 8x; writes benchmarks/results/forum_grid.json and .csv (~15 min on 2 busy cores)
 benchmark-grid: $(STAMP)
 	$(PY) benchmarks/bench_forum_grid.py
 

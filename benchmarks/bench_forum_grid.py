@@ -163,10 +163,10 @@ def write(results: dict, stem: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--train", type=int, default=32, help="training reviews (the first n of the train split)")
-    p.add_argument("--test", type=int, default=64, help="test reviews scored (the first n of the test split)")
+    p.add_argument("--train", type=int, default=320, help="training reviews (the first n of the train split)")
+    p.add_argument("--test", type=int, default=256, help="test reviews scored (the first n of the test split)")
     p.add_argument("--batch", type=int, default=16, help="rows of the tracked step (the same in every setting)")
-    p.add_argument("--train-batch", type=int, default=4,
+    p.add_argument("--train-batch", type=int, default=16,
                    help="rows per training step (small: the 8x inputs make every step ~10x slower on a CPU)")
     p.add_argument("--lr", nargs="+", default=["full=3e-4", "lora=5e-3"], metavar="METHOD=LR",
                    help="learning rates (minigpt.finetune's are for ~100+ steps; this budget has a few dozen)")

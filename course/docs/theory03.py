@@ -376,8 +376,14 @@ def grid_figures() -> dict[str, str]:
     f["grid.cut"] = num(sum(d["inputs"]["x8"][s]["rows_cut"] for s in ("train", "test")))
     f["grid.maxpos"] = str(st["max_positions"])
     f["grid.majority"] = pct(d["baseline"]["majority"], 1)
-    accs = [c["accuracy"] for c in d["cells"].values()]
-    f["grid.acc.min"], f["grid.acc.max"] = pct(min(accs), 1), pct(max(accs), 1)
+    accs = {p: [c["accuracy"] for c in d["cells"].values() if c["precision"] == p] for p in ("fp32", "amp-bf16")}
+    flat = {p: max(abs(c["first_loss"] - c["last_loss_mean5"]) for c in d["cells"].values() if c["precision"] == p)
+            for p in accs}
+    # the prose says fp32 learned and bf16 autocast did not: make the generator fail if that changes
+    assert min(accs["fp32"]) > d["baseline"]["majority"] + 0.1 and max(accs["amp-bf16"]) < d["baseline"]["majority"], accs
+    f["grid.acc.fp32.min"], f["grid.acc.fp32.max"] = pct(min(accs["fp32"]), 1), pct(max(accs["fp32"]), 1)
+    f["grid.acc.bf16.max"] = pct(max(accs["amp-bf16"]), 1)
+    f["grid.loss.bf16.moved"] = f"{flat['amp-bf16']:.3f}"
     errs = [abs(c["memory"]["estimate_error"]) for c in d["cells"].values()]
     f["grid.maxerr"] = pct(max(errs), 1)
     ratios = {(p, s): _cell(d, p, "lora", s)["memory"]["peak"] / _cell(d, p, "full", s)["memory"]["peak"]

@@ -17,6 +17,18 @@ from .buckets import BUCKET_COLORS, BUCKETS, GiB, MiB
 __all__ = ["BUCKET_COLORS", "bucket_bars", "peak_vs", "sweep"]
 
 
+def save_figure(fig, path) -> None:
+    """Save ``fig`` at ``path``, which must lie inside the repository (the course writes nothing outside it)."""
+    from pathlib import Path
+
+    from ..paths import ROOT
+    out = Path(path).resolve()
+    if ROOT not in out.parents:
+        raise ValueError(f"path must be inside the repository ({ROOT}), got {out}.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+
+
 def _buckets_of(r: Any) -> dict[str, int]:
     """The bucket split of an Estimate, a MemoryReport, or a plain {bucket: bytes} dict."""
     b = r.get("buckets", r) if isinstance(r, Mapping) else getattr(r, "buckets", None)
@@ -67,7 +79,7 @@ def bucket_bars(reports: Mapping[str, Any], unit: str = "auto", title: Optional[
     ax.set_title(title or "Where the memory goes at the peak")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if path:
-        fig.savefig(path)
+        save_figure(fig, path)
     return fig
 
 
@@ -94,7 +106,7 @@ def peak_vs(xs: Sequence[float], measured: Optional[Sequence[float]] = None,
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     if path:
-        fig.savefig(path)
+        save_figure(fig, path)
     return fig
 
 

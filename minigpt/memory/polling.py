@@ -41,6 +41,7 @@ from .allocator import Event, replay
 from .buckets import GiB, MiB
 from .device_view import context, workspace_events
 from .measure import ModelOrFactory, OptimizerSpec, Session
+from .plot import save_figure
 from .tracker import TensorTracker
 
 DEFAULT_CARD = "t4"   # the learner's card is not stated; a T4 is the free Colab/Kaggle card
@@ -253,7 +254,6 @@ def plot_polling(tl: PollTimeline, p: Optional[Poll] = None, path: Optional[str 
     """allocated, reserved and the nvidia-smi band over events, step boundaries, step peaks and the
     polled samples (the last one circled). Returns the Figure; saves it only when ``path`` is given."""
     import matplotlib.pyplot as plt
-    from ..paths import ROOT
 
     top = tl.max_reserved + tl.context[1]
     unit = ("GiB" if top >= GiB else "MiB") if unit == "auto" else unit
@@ -282,9 +282,5 @@ def plot_polling(tl: PollTimeline, p: Optional[Poll] = None, path: Optional[str 
     ax.set_xlim(0, max(1, len(tl) - 1))
     ax.set_ylim(bottom=0)
     if path is not None:
-        out = Path(path).resolve()
-        if ROOT not in out.parents:
-            raise ValueError(f"path must be inside the repository ({ROOT}), got {out}.")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=120, bbox_inches="tight")
+        save_figure(fig, path)
     return fig

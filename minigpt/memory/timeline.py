@@ -22,9 +22,9 @@ import torch
 
 from .buckets import BUCKET_COLORS, BUCKETS, MiB, GiB
 from .measure import ModelOrFactory, OptimizerSpec, Session, label_for
+from .plot import save_figure
 from .tracker import TensorTracker
 
-from ..paths import ROOT as REPO_ROOT  # noqa: E402
 
 
 @dataclass
@@ -193,9 +193,5 @@ def plot_timeline(tl: Timeline, path: Optional[str | Path] = None, unit: str = "
     ax.legend(loc="upper left", fontsize=7, ncol=2)
     ax.set_xlim(0, max(1, len(tl) - 1))
     if path is not None:
-        p = Path(path).resolve()
-        if REPO_ROOT not in p.parents:
-            raise ValueError(f"path must be inside the repository ({REPO_ROOT}), got {p}.")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=120, bbox_inches="tight")
+        save_figure(fig, path)
     return fig

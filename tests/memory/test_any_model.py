@@ -13,11 +13,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from minigpt.memory import hf_models  # noqa: E402
 from minigpt.memory.buckets import BUCKETS  # noqa: E402
-from minigpt.memory.cli import main  # noqa: E402
 from minigpt.memory.compare import compare  # noqa: E402
 from minigpt.memory.estimate import EstimateError, estimate  # noqa: E402
 from minigpt.memory.estimate.traced import measured_model_state  # noqa: E402
 from minigpt.paths import ROOT  # noqa: E402
+from tests.memory.cli_run import run  # noqa: E402
 
 CONFIGS = ROOT / "configs"
 CLOSED_FORM = {"llama-2-7b", "llama-3-8b", "mistral-7b", "qwen2.5-7b-instruct", "bert-base-uncased", "roberta-base"}
@@ -32,15 +32,6 @@ def quiet():
     warnings.filterwarnings("ignore")
     import transformers
     transformers.logging.set_verbosity_error()
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_every_family_the_course_names_is_shipped():

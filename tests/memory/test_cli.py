@@ -11,17 +11,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from minigpt.memory.buckets import BUCKETS  # noqa: E402
-from minigpt.memory.cli import main  # noqa: E402
 from minigpt.memory.estimate import estimate  # noqa: E402
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
+from tests.memory.cli_run import run  # noqa: E402
 
 
 def test_estimate_prints_a_table_in_binary_units(capsys):

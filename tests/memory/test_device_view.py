@@ -11,20 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from minigpt.memory import cuda_rules, device_view as dv, public_table  # noqa: E402
 from minigpt.memory.buckets import GiB, MiB  # noqa: E402
-from minigpt.memory.cli import main  # noqa: E402
 from minigpt.memory.estimate import EstimateError, estimate  # noqa: E402
 from minigpt.memory.gpus import cublas_workspace_bytes, gpu  # noqa: E402
+from tests.memory.cli_run import run  # noqa: E402
 
 TINY = dict(model="tiny", precision="amp-fp16", batch=2, seq=50)   # tiny: 2 layers, 2 heads, head_dim 32
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    try:
-        code = main(list(argv))
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 # ------------------------------------------------------------------ the card's SDPA kernel

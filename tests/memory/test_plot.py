@@ -1,6 +1,8 @@
 """minigpt.memory.plot: figures with the right number of bars and points, binary-unit axes."""
 from __future__ import annotations
 
+import os
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -10,6 +12,7 @@ import pytest  # noqa: E402
 from minigpt.memory.buckets import BUCKETS  # noqa: E402
 from minigpt.memory.estimate import estimate  # noqa: E402
 from minigpt.memory.plot import BUCKET_COLORS, bucket_bars, peak_vs, sweep  # noqa: E402
+from minigpt.paths import ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +34,14 @@ def test_bucket_bars_one_stacked_bar_per_setup(three, tmp_path):
     for top, est in zip(tops, three.values()):
         assert top == pytest.approx(est.peak / 2**20)
     assert not list(tmp_path.iterdir())                             # nothing saved without a path
-    bucket_bars(three, unit="GiB", path=str(tmp_path / "bars.png"))
-    assert (tmp_path / "bars.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="inside the repository"):     # the course saves nothing outside it
+        bucket_bars(three, unit="GiB", path=str(tmp_path / "bars.png"))
+    out = ROOT / "build" / "test-plot" / f"bars-{os.getpid()}.png"    # build/: ignored scratch output
+    try:
+        bucket_bars(three, unit="GiB", path=str(out))
+        assert out.stat().st_size > 0
+    finally:
+        out.unlink(missing_ok=True)
 
 
 def test_bucket_bars_accepts_plain_dicts_and_rejects_others():

@@ -67,16 +67,6 @@ def roberta_cell(precision: str, method: str, scale: int) -> dict:
             "label": "traced on fake tensors with simulated CUDA semantics (course/puzzle.py), not measured"}
 
 
-def autocast_of(precision: str):
-    """The training loop's autocast for a grid precision (the same as measure_step's)."""
-    import contextlib
-
-    import torch
-    if precision == "amp-bf16":
-        return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def run(args: argparse.Namespace, out: dict) -> dict:
     set_seed(args.seed, threads=args.threads)
     tok = load_tokenizer()
@@ -116,11 +106,13 @@ def run(args: argparse.Namespace, out: dict) -> dict:
                 model = build_classifier(method, args.seed)
                 cell["trainable_params"], cell["params"] = trainable_parameters(model)
                 batches = review_loader(train_ds, tok, batch_size=args.train_batch, shuffle=True, seed=args.seed)
-                with autocast_of(precision):
-                    res = train_classifier(model, batches, lr=args.lrs[method], epochs=1, desc=k,
-                                           progress=False)
-                    t0 = time.perf_counter()
-                    acc = accuracy(model, review_loader(test_ds, tok, batch_size=64))
+                # autocast per forward inside train_classifier: one context around the whole loop
+                # would cache the first step's bf16 weights for every later forward (the first run
+                # of this grid did, and its bf16 runs did not learn)
+                res = train_classifier(model, batches, lr=args.lrs[method], epochs=1, desc=k,
+                                       progress=False, precision=precision)
+                t0 = time.perf_counter()
+                acc = accuracy(model, review_loader(test_ds, tok, batch_size=64), precision=precision)
                 cell |= {"accuracy": acc, "train_seconds": res.seconds, "steps": res.steps,
                          "seconds_per_step": res.seconds / res.steps, "eval_seconds": time.perf_counter() - t0,
                          "first_loss": res.losses[0], "last_loss_mean5": sum(res.losses[-5:]) / len(res.losses[-5:])}

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .train import autocast_context
+
 
 class MeanPoolClassifier(nn.Module):
     """``classifier(dropout(mean of encoder(input_ids) over the attention mask))``."""
@@ -61,12 +63,14 @@ def trainable(model: nn.Module) -> list[nn.Parameter]:
 
 def train_classifier(model: nn.Module, batches: Iterable[dict], lr: float, epochs: int = 1,
                      weight_decay: float = 0.01, warmup: float = 0.1, progress: bool = True,
-                     desc: str = "train", max_steps: Optional[int] = None) -> TrainResult:
+                     desc: str = "train", max_steps: Optional[int] = None,
+                     precision: str = "fp32") -> TrainResult:
     """AdamW over the trainable parameters, a linear warm-up over the first ``warmup`` fraction of
     the steps then a linear decay to 0 (the schedule of transformers' Trainer), one tqdm bar.
 
     ``batches`` is re-iterated every epoch (a DataLoader reshuffles each time); ``max_steps`` stops
-    early (tests). Returns the loss of every step (floats) and the wall time of the loop.
+    early (tests). ``precision`` "amp-bf16" runs each forward under torch.autocast (CPU or CUDA,
+    the model's device). Returns the loss of every step (floats) and the wall time of the loop.
     """
     from tqdm.auto import tqdm
     params = trainable(model)
@@ -85,9 +89,15 @@ def train_classifier(model: nn.Module, batches: Iterable[dict], lr: float, epoch
     # redraw at most every 2 s: a notebook stores every redraw of a text bar in its outputs
     bar = tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=2.0)
     start = time.perf_counter()
+    device = params[0].device
     while result.steps < total:
         for batch in batches:
-            loss = model(**batch).loss
+            # autocast around the forward of one step only: inside one autocast context, the
+            # 16-bit copy of each weight is cast once and cached until the context exits, so a
+            # context around the whole loop would run every forward on the first step's weights
+            # (the optimizer updates the fp32 weights, not the cached copies)
+            with autocast_context(precision, device):
+                loss = model(**batch).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -105,22 +115,26 @@ def train_classifier(model: nn.Module, batches: Iterable[dict], lr: float, epoch
 
 
 @torch.no_grad()
-def predict(model: nn.Module, batches: Iterable[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predicted labels, true labels) over all batches, in eval mode (no dropout)."""
+def predict(model: nn.Module, batches: Iterable[dict],
+            precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted labels, true labels) over all batches, in eval mode (no dropout), each forward
+    under the autocast of ``precision``."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     preds, labels = [], []
     for batch in batches:
         batch = dict(batch)
         labels.append(batch.pop("labels"))
-        preds.append(model(**batch).logits.argmax(-1))
+        with autocast_context(precision, device):
+            preds.append(model(**batch).logits.argmax(-1))
     model.train(was_training)
     return torch.cat(preds), torch.cat(labels)
 
 
-def accuracy(model: nn.Module, batches: Iterable[dict]) -> float:
+def accuracy(model: nn.Module, batches: Iterable[dict], precision: str = "fp32") -> float:
     """Fraction of reviews whose predicted label is the true one."""
-    preds, labels = predict(model, batches)
+    preds, labels = predict(model, batches, precision)
     return (preds == labels).float().mean().item()
 
 

@@ -88,10 +88,19 @@ check-env:
 	@if [ -x $(PY) ]; then $(PY) -m course.envcheck; else python3 -m course.envcheck; fi
 
 # --- tests ----------------------------------------------------------------------------------
+# The notebooks run on one thread (NB_TEST_ENV below), so they run beside the unit tests, which
+# have the other core most of the time; their output is kept in a log and printed after the unit
+# tests' (their own process group: a stopped `make test` stops both).
+NB_LOG := build/test-notebooks.log
 test: $(STAMP)
-	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory test-unit && $(MAKE) --no-print-directory test-notebooks; rc=$$?; \
-	echo "make test took $$(( $$(date +%s) - start )) s"; exit $$rc
+	@start=$$(date +%s); mkdir -p build; \
+	set -m; $(MAKE) --no-print-directory test-notebooks >$(NB_LOG) 2>&1 & nb=$$!; set +m; \
+	trap 'kill -- -$$nb 2>/dev/null' INT TERM EXIT; \
+	$(MAKE) --no-print-directory test-unit; unit=$$?; \
+	wait $$nb; notebooks=$$?; trap - INT TERM EXIT; \
+	echo "--- the notebooks (run beside the unit tests; log: $(NB_LOG))"; cat $(NB_LOG); \
+	echo "make test took $$(( $$(date +%s) - start )) s (unit tests: exit $$unit, notebooks: exit $$notebooks)"; \
+	[ $$unit = 0 ] && [ $$notebooks = 0 ]
 
 test-unit: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -q --durations=12 tests  # no windows in unit tests; the 12 slowest are listed

@@ -57,7 +57,8 @@ def make_optimizer(spec: OptimizerSpec, params: list, foreach: Optional[bool] = 
     """An optimizer from a name or a callable ``params -> optimizer``.
 
     Names: "adamw", "adam", "sgd" (momentum 0.9), "sgd-nomomentum", "adafactor", "rmsprop",
-    "adagrad". ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA);
+    "adagrad", "adamw-8bit" and "paged-adamw-8bit" (bitsandbytes 0.50.2; on CPU tensors the paged
+    one falls back to ordinary tensors, as bitsandbytes warns). ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA);
     ``fused=True`` (Adam/AdamW): one fused kernel per step, no per-parameter temporaries.
     """
     if callable(spec):
@@ -77,12 +78,15 @@ def make_optimizer(spec: OptimizerSpec, params: list, foreach: Optional[bool] = 
         return torch.optim.SGD(params, lr=lr, **kw)
     if spec == "adafactor":
         return torch.optim.Adafactor(params, lr=lr, **kw)
+    if spec in ("adamw-8bit", "paged-adamw-8bit"):   # bitsandbytes: one kernel per tensor, no foreach
+        import bitsandbytes as bnb
+        return (bnb.optim.AdamW8bit if spec == "adamw-8bit" else bnb.optim.PagedAdamW8bit)(params, lr=lr)
     if spec == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, **kw)
     if spec == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, **kw)
     raise ValueError(f"optimizer={spec!r} is not known; use one of 'adamw', 'adam', 'sgd', "
-                     f"'sgd-nomomentum', 'adafactor', 'rmsprop', 'adagrad', or a callable "
+                     f"'sgd-nomomentum', 'adafactor', 'rmsprop', 'adagrad', 'adamw-8bit', 'paged-adamw-8bit', or a callable "
                      f"taking the trainable parameters and returning an optimizer.")
 
 
@@ -288,6 +292,19 @@ class Session:
             stack.callback(setattr, mu, "find_packed_sequence_indices", orig)
         return stack
 
+    def _scalars(self):
+        """Fake mode: torch.optim.Adafactor reads two scalars per tensor with ``.item()`` (the step and
+        the norm of the parameter and of its update) to scale its update; fake tensors have no values,
+        and the values move no memory: read them as 1.0 during the step."""
+        if self.fake_mode is None or not isinstance(self.opt, torch.optim.Adafactor):
+            return contextlib.nullcontext()
+        from torch._subclasses.fake_tensor import FakeTensor
+        stack = contextlib.ExitStack()
+        item = torch.Tensor.item
+        torch.Tensor.item = lambda t: 1.0 if isinstance(t, FakeTensor) else item(t)
+        stack.callback(setattr, torch.Tensor, "item", item)
+        return stack
+
     def _autocast(self):
         if self.precision in ("amp-fp16", "amp-bf16"):
             return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
@@ -324,7 +341,8 @@ class Session:
                     if self.keep_outputs:
                         del out
                 phase("optimizer")
-                self.opt.step()
+                with self._scalars():
+                    self.opt.step()
                 if tracker is not None:
                     tracker.register_optimizer(self.opt)
                 phase("end")

@@ -3,6 +3,11 @@
     python -m minigpt.memory estimate --model llama-7b --method qlora --rank 8 --targets all-linear \\
         --precision amp-bf16 --batch 1 --seq 512
     python -m minigpt.memory compare --model small --method lora --precision amp-bf16 --batch 4 --seq 128
+    python -m minigpt.memory estimate ... --json > run.json      # its "spec" is the run (RunSpec.to_dict)
+    python -m minigpt.memory compare --spec run.json --seq 256   # the same run again, one field changed
+
+All three commands build one RunSpec from the flags (``run_spec``): estimate, measure and compare
+get the same spec, and ``--json`` prints it as ``"spec"``.
 
 Every command ends with three labelled numbers (device_view.py): allocated peak, reserved peak and
 what nvidia-smi would show, each saying whether it is measured on CUDA, replayed (the allocator model

@@ -1,7 +1,7 @@
 """Predict the memory of one training step in closed form, bucket by bucket, without running it.
 
     est = estimate("llama-7b", method="qlora", rank=8, targets="all-linear", precision="amp-bf16",
-                   batch=1, seq=512)
+                   batch=1, seq=512)   # or estimate(run) with run = RunSpec(...) (run.py), the same spec
     print(est.table())       # MiB or GiB (binary units; the table says which)
     est.to_dict()            # integer bytes: the buckets of buckets.py, "peak", and the configuration
 
@@ -29,12 +29,16 @@ the parameters are on a GPU (0 GPU bytes, semantics="cuda") and 4 bytes each on 
 * 8-bit AdamW (bitsandbytes 0.50.2 ``Optimizer2State``): for a tensor with n >= 4096 elements,
   two uint8 states (2n) plus two float32 absmax per block of 256 (8 * ceil(n / 256)); smaller
   tensors keep two float32 states (8n); plus the two 256-entry float32 code tables (2 KiB, shared).
+* Adafactor (``torch.optim.Adafactor``): factored second moments, a row vector (rows) and a
+  column vector (cols) per matrix, a full vector per 1-D tensor, in the parameter dtype, and a
+  float32 step per tensor (on the host, as AdamW's, under semantics="cuda").
 * Paged AdamW (bitsandbytes ``PagedAdamW``): float32 states, but every tensor of >= 100,000
   elements is allocated with ``cudaMallocManaged`` (unified memory): the driver pages it to host
   RAM when the GPU runs short, so at the peak its GPU-resident bytes are about 0. Only the states
   of small tensors count here; the paged bytes are reported in ``Estimate.paged_bytes``.
 * LoRA: only A (r x in) and B (out x r) of each adapted layer are trainable (fp32 adapters, as
-  peft's ``autocast_adapter_dtype`` default and minigpt.lora); the base is frozen (weights_frozen).
+  peft's ``autocast_adapter_dtype`` default and minigpt.lora, or ``adapter_dtype`` bf16/fp16: 2n,
+  and under autocast no cached 16-bit copies of A and B); the base is frozen (weights_frozen).
 * QLoRA: every Linear of the base except the LM head and the classifier head is stored in NF4
   (minigpt.nf4, bitsandbytes' format): ceil(n/2) bytes of 4-bit codes + 4 * ceil(n/64) bytes of
   float32 absmax; with double quantisation the absmax are uint8 (ceil(n/64) bytes) plus float32
@@ -98,7 +102,8 @@ them), optimizer step (foreach or for-loop temporaries) -- and the peak is the l
 Model states are exact sums over the parameter tensors. Everything is arithmetic on shapes:
 LLaMA-70B takes a few seconds on a laptop.
 
-The package, one concept per module: ``spec`` (the model and its parameters), ``states`` (weights,
+The package, one concept per module: ``run`` (RunSpec: the run, its arguments checked once),
+``spec`` (the model and its parameters), ``states`` (weights,
 gradients, optimizer state), ``walk`` and ``layers`` (the symbolic forward ops), ``forward`` (one
 forward pass per family), ``replay`` (backward and the optimizer step), ``report`` (Estimate).
 """

@@ -265,7 +265,8 @@ class RunSpec:
 
     def describe(self) -> str:
         """One line: what runs, e.g. ``llama-7b qlora r=16 all-linear amp-bf16 adamw batch=2 (1 x 2) seq=2048``."""
-        m = self.model if isinstance(self.model, str) else _model_json(self.model).get("model_type", "config")
+        j = _model_json(self.model)
+        m = j if isinstance(j, str) else j.get("model_type", "minigpt" if "minigpt" in j else "config")
         parts = [str(m) + ("" if not self.overrides else " " + ",".join(f"{k}={v}" for k, v in self.overrides.items())),
                  self.method]
         if self.method != "full":

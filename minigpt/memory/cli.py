@@ -107,7 +107,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--dropout", type=_prob, default=None, help="the model's own dropout (default: its config's)")
     p.add_argument("--lora-dropout", type=_prob, default=0.0, help="dropout on each adapter's input (lora, qlora)")
     p.add_argument("--adapter-dtype", choices=ADAPTER_DTYPES, default=None,
-                   help="the adapters' dtype (lora, qlora; default fp32, cast with the model in pure bf16/fp16)")
+                   help="the adapters' dtype (lora, qlora); default fp32, cast with the model in pure bf16/fp16 (fp32 "
+                        "there keeps them fp32, peft's default)")
     p.add_argument("--batch", type=_pos_int, default=1, help="rows per optimizer step (per GPU)")
     p.add_argument("--micro-batch", type=_pos_int, default=None,
                    help="rows per forward/backward: gradient accumulation over batch / micro-batch of them")

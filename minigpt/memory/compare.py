@@ -138,7 +138,7 @@ def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Opti
     return measure_step(_factory(run, m), batch_t, optimizer=run.optimizer, precision=run.precision,
                         checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
                         accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
-                        optimizer_impl=run.optimizer_impl)
+                        optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None)
 
 
 def compare(model: Any = "small", *args: Any, mode: str = "fake", **kwargs: Any) -> tuple[Estimate, Any]:

@@ -156,10 +156,15 @@ def to_fake(model: nn.Module, fake_mode) -> nn.Module:
     return model
 
 
-def cast_model(model: nn.Module, dtype: torch.dtype, fake_mode=None) -> nn.Module:
-    """Pure low precision: cast floating parameters and buffers to dtype (works on fake models)."""
+def cast_model(model: nn.Module, dtype: torch.dtype, fake_mode=None, keep_adapters: bool = False) -> nn.Module:
+    """Pure low precision: cast floating parameters and buffers to dtype (works on fake models);
+    ``keep_adapters``: LoRA's A and B keep the dtype apply_lora gave them (peft's fp32 adapters on a
+    16-bit model, ``autocast_adapter_dtype=True``)."""
+    from ..lora import LoRALinear
+    keep = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.A, m.B)} if keep_adapters else set()
+
     def cast(t: torch.Tensor) -> torch.Tensor:
-        if not t.is_floating_point() or t.dtype == dtype:
+        if not t.is_floating_point() or t.dtype == dtype or id(t) in keep:
             return t
         with (fake_mode if fake_mode is not None else contextlib.nullcontext()):
             return t.detach().to(dtype)
@@ -197,7 +202,7 @@ class Session:
     def __init__(self, model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", keep_outputs: bool = True, set_to_none: bool = True,
-                 accumulation: int = 1, optimizer_impl: str = "default"):
+                 accumulation: int = 1, optimizer_impl: str = "default", keep_adapters: bool = False):
         _check_choice("mode", mode, MODES)
         _check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
         if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
@@ -239,7 +244,7 @@ class Session:
         if mode == "cuda":
             model = model.to("cuda")
         if precision in ("bf16", "fp16"):
-            cast_model(model, _DTYPES[precision], self.fake_mode)
+            cast_model(model, _DTYPES[precision], self.fake_mode, keep_adapters)
         if checkpointing:
             enable_checkpointing(model)
         model.train()
@@ -352,7 +357,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", *, keep_outputs: bool = True,
                  events: Optional[list] = None, set_to_none: bool = True,
-                 accumulation: int = 1, optimizer_impl: str = "default") -> MemoryReport:
+                 accumulation: int = 1, optimizer_impl: str = "default",
+                 keep_adapters: bool = False) -> MemoryReport:
     """Peak memory of one training step, split into buckets (see buckets.py).
 
     Args:
@@ -383,6 +389,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
         optimizer_impl: "default" (the device's: for-loop on CPU, foreach on CUDA), "for-loop",
             "foreach" or "fused" (torch's implementations of Adam/AdamW; fused keeps its step
             counters on the device).
+        keep_adapters: precision "bf16"/"fp16" casts the model but LoRA's A and B keep their dtype
+            (RunSpec.adapter_dtype "fp32" on a 16-bit model, peft's default).
         events: a list to receive the step's allocator events (tracker ``record_events``: the
             registered states first, then the step), for ``allocator.replay``.
 
@@ -405,7 +413,7 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     nvidia-smi shows (which adds the CUDA context, a few hundred MiB). Both are reported.
     """
     s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs,
-                set_to_none, accumulation, optimizer_impl)
+                set_to_none, accumulation, optimizer_impl, keep_adapters)
     s.step()  # the untracked warm-up step: optimizer state now exists
     gc.collect()
     tracker = TensorTracker(semantics=s.semantics, gpu_only=(mode == "cuda"),

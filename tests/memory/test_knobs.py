@@ -119,6 +119,9 @@ ADAPTER_CASES = [
     ("small", {}, "lora", "amp-fp16", "fp16", "cpu"),
     ("llama-7b", LLAMA, "qlora", "amp-bf16", "bf16", "cuda"),
     ("roberta-base", ROBERTA, "lora", "fp32", "fp16", "cpu"),
+    ("small", {}, "lora", "bf16", "fp32", "cuda"),            # peft's default on a bf16 model
+    ("llama-7b", LLAMA, "lora", "bf16", "fp32", "cpu"),
+    ("roberta-base", ROBERTA, "lora", "fp16", "fp32", "cuda"),
 ]
 
 
@@ -131,6 +134,14 @@ def test_adapter_dtype_matches_the_trace(model, over, method, precision, adapter
     assert est.model_state == measured_model_state(rep)
     assert abs(est.peak - rep.peak) <= 0.02 * rep.peak, (est.peak, rep.peak)
     assert est.config["adapter_dtype"] == adapter
+
+
+def test_fp32_adapters_on_a_16_bit_model_double_the_adapters_states():
+    base = RunSpec(model="small", method="lora", precision="bf16", batch=2, seq=64)
+    cast, kept = estimate(base), estimate(base.replace(adapter_dtype="fp32"))
+    assert cast.config["adapter_dtype"] == "bf16" and kept.config["adapter_dtype"] == "fp32"
+    assert kept.model_state["weights_trainable"] == 2 * cast.model_state["weights_trainable"]
+    assert kept.model_state["weights_frozen"] == cast.model_state["weights_frozen"]
 
 
 def test_16_bit_adapters_halve_the_adapters_states():

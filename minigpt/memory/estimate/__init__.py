@@ -214,7 +214,8 @@ def estimate(model: Union[RunSpec, str, Any] = "small", *args: Any, **kwargs: An
             "all-linear" or names; the shorthand q, k, v, o is resolved per architecture.
             Sequence-classification heads are trained in full (peft's task_type="SEQ_CLS").
         adapter_dtype: "fp32", "bf16" or "fp16" adapters (minigpt.lora's adapter_dtype); None: fp32,
-            cast with the model in pure 16-bit precisions.
+            cast with the model in pure 16-bit precisions; "fp32" there keeps them fp32 (peft's
+            ``autocast_adapter_dtype=True`` on a bf16/fp16 model).
         double_quant: QLoRA double quantisation of the NF4 scales.
         precision: "fp32", "amp-fp16", "amp-bf16" (torch.autocast, fp32 weights), "bf16", "fp16"
             (pure: weights, gradients, optimizer state in 16 bits) or "fp16-master" (16-bit

@@ -21,8 +21,8 @@ from .sharding import check_sharding
 from .spec import (ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES,
                    EstimateError, _choice)
 
-# adapter dtypes (adapter_dtype): None keeps the default, fp32 adapters (peft's autocast_adapter_dtype)
-# that a pure 16-bit model casts with itself
+# adapter dtypes (adapter_dtype): None keeps the default, fp32 adapters that a pure 16-bit model casts
+# with itself; "fp32" with precision bf16/fp16 keeps them fp32 (peft's autocast_adapter_dtype=True)
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 ADAPTER_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 INT64_LIMIT = 2 ** 63      # torch sizes tensors in int64: no step can hold this many bytes
@@ -84,7 +84,7 @@ class RunSpec:
     what each field does). ``model``: a zoo name, a config.json path or model directory, a dict with
     model_type, a transformers PretrainedConfig or a minigpt GPTConfig; ``overrides``: config fields
     to change (``--set``). ``adapter_dtype``: "fp32", "bf16" or "fp16" adapters (None: fp32, cast with
-    a pure 16-bit model)."""
+    a pure 16-bit model; "fp32" beside precision bf16/fp16 keeps them fp32, as peft does)."""
     model: Any = "small"
     method: str = "full"
     rank: int = 8
@@ -164,10 +164,12 @@ class RunSpec:
         _choice("adapter_dtype", ad, ADAPTER_DTYPES)
         if self.method == "full":
             raise EstimateError("adapter_dtype applies to the adapters of method='lora' or 'qlora'; drop it for 'full'.")
-        pure = {"bf16": "bf16", "fp16": "fp16", "fp16-master": "fp16"}.get(p)
-        if pure and ad != pure:     # measure casts the whole model, adapters included
-            raise EstimateError(f"precision={p!r} casts the adapters with the model; use adapter_dtype={pure!r} "
-                                f"or drop it.")
+        if p == "fp16-master" and ad != "fp16":    # its fp32 master copies are of fp16 tensors
+            raise EstimateError("precision='fp16-master' keeps fp16 adapters with fp32 master copies; use "
+                                "adapter_dtype='fp16' or drop it.")
+        if p in ("bf16", "fp16") and ad not in ("fp32", p):
+            raise EstimateError(f"with precision={p!r} the adapters are fp32 (peft's default) or {p}; use "
+                                f"adapter_dtype='fp32' or {p!r}.")
         if p.startswith("amp") and ad not in ("fp32", p[4:]):
             raise EstimateError(f"under precision={p!r} the adapters are fp32 or {p[4:]}; use adapter_dtype='fp32' "
                                 f"or {p[4:]!r}.")

@@ -114,7 +114,7 @@ def trace(src, run, mode: str = "fake", gpu: Any = None, events: Optional[list] 
             rep = measure_step(make, data, optimizer=run.optimizer, precision=run.precision,
                                checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
                                accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
-                               optimizer_impl=run.optimizer_impl)
+                               optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None)
     except (_BuildError, hf_models.ConfigError) as e:
         raise EstimateError(str(e)) from None
     return rep, info

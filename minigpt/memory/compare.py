@@ -58,6 +58,9 @@ _BUILD_ORDER = ("model", "method", "rank", "alpha", "targets", "double_quant", "
 def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
     if m.config:
         return adapted_factory(m.src, run, seed)[0]
+    if not isinstance(run.model, str):
+        raise EstimateError(f"measure builds a zoo name or a transformers config, not a {type(run.model).__name__}; "
+                            f"give model= a name (with overrides) or a config.json, or call measure_step yourself.")
     import torch
     from . import zoo
     from ..lora import apply_lora
@@ -133,9 +136,10 @@ def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Opti
         estimate_run(run, m)
     if m.config:           # any transformers config: hf_models builds it
         return trace(m.src, run, mode, events=events)[0]
+    make = _factory(run, m)
     vocab = {k: v for k, v in run.overrides.items() if k == "vocab_size"}
     batch_t = zoo.make_batch(run.model, run.step_batch, run.seq, **vocab)
-    return measure_step(_factory(run, m), batch_t, optimizer=run.optimizer, precision=run.precision,
+    return measure_step(make, batch_t, optimizer=run.optimizer, precision=run.precision,
                         checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
                         accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
                         optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None)

@@ -224,3 +224,10 @@ def test_the_puzzles_run_spec_builds_the_model_the_lab_built_by_hand():
         return [(n, tuple(p.shape), p.dtype, p.requires_grad) for n, p in m.named_parameters()]
     assert params(ours) == params(hand)
     assert estimate(run_).config["lora_dropout"] == 0.1
+
+
+def test_measure_of_a_gpt_config_object_says_what_to_give_instead():
+    from minigpt.model import preset_config
+    with pytest.raises(EstimateError) as e:
+        measure(RunSpec(model=preset_config("tiny"), seq=32))
+    assert "give model= a name" in one_sentence(e)

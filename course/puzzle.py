@@ -7,6 +7,7 @@ same eight steps on fake tensors with simulated CUDA semantics (``course.docs.ru
     from course import puzzle
     g = puzzle.grid()                        # {(precision, method, scale): report dict}
     r = puzzle.trace(puzzle.spec("amp-fp16", "lora", 8))
+    run = puzzle.run_spec("amp-fp16", "lora", 8)    # the same run for minigpt.memory's estimate / measure
     lengths = puzzle.token_lengths()         # BPE tokens per Rotten Tomatoes snippet (with <s>, </s>)
 
 The sequence lengths come from the data: a byte-level BPE (``tokenizers``, trained here on the
@@ -55,6 +56,18 @@ def spec(precision: str, method: str, scale: int = 1, *, batch: int = BATCH, att
         kw.update(method="head", trainable=LORA["trainable"])
     kw.update(extra)
     return TraceSpec(**kw)
+
+
+def run_spec(precision: str, method: str, scale: int = 1, *, batch: int = BATCH, attention: str = "sdpa"):
+    """The same run as a minigpt.memory RunSpec, which estimate, measure and build_factory take:
+    RoBERTa-base with its own dropout; for method "lora" the adapters of LORA (the classifier trained
+    in full, as build_factory does for a classification model)."""
+    from minigpt.memory.estimate import RunSpec
+    if method not in ("full", "lora"):
+        raise ValueError(f"method must be 'full' or 'lora', got {method!r}.")
+    lora = dict(method="lora", rank=LORA["r"], alpha=LORA["alpha"], targets=LORA["targets"],
+                lora_dropout=LORA["dropout"]) if method == "lora" else {}
+    return RunSpec(model=MODEL, batch=batch, seq=seq_len(scale), precision=precision, attention=attention, **lora)
 
 
 def trace(s) -> dict:

@@ -18,7 +18,7 @@ from .hf_data import MAX_LENGTH, review_loader
 from .memory import MemoryReport, measure_step
 
 if TYPE_CHECKING:
-    from .memory.estimate import Estimate
+    from .memory.estimate import Estimate, RunSpec
 
 # The estimator's names for the methods: peft and bitsandbytes hold the same bytes as ours
 _ESTIMATOR_METHOD = {"full": "full", "lora": "lora", "peft-lora": "lora", "qlora": "qlora", "qlora-bnb": "qlora"}
@@ -34,14 +34,20 @@ def estimated_memory(method: str, batch_size: int, seq: int, lora: LoRASettings 
                      precision: str = "fp32") -> "Estimate":
     """The estimator's prediction for the same step (CPU semantics, AdamW, the model's dropout, the
     adapters' ``lora.dropout``; ``precision`` "fp32" or "amp-bf16" as grid_memory runs it)."""
-    from .encoder import load_encoder
     from .memory.estimate import estimate
+    return estimate(run_spec(method, batch_size, seq, lora, precision))
+
+
+def run_spec(method: str, batch_size: int, seq: int, lora: LoRASettings = LORA, precision: str = "fp32") -> "RunSpec":
+    """The RunSpec of grid_memory's step as the estimator sees it (CPU semantics, AdamW, the adapters of
+    ``lora``; the model: the MiniLM encoder's config with 2 labels)."""
+    from .encoder import load_encoder
+    from .memory.estimate import RunSpec
     cfg = load_encoder().config
     cfg.num_labels = 2
     est_method = _ESTIMATOR_METHOD[method]
-    return estimate(cfg, method=est_method, rank=lora.r, alpha=lora.alpha, targets=list(lora.targets),
-                    batch=batch_size, seq=seq, semantics="cpu", precision=precision,
-                    lora_dropout=lora.dropout if est_method != "full" else 0.0)
+    return RunSpec(cfg, method=est_method, rank=lora.r, alpha=lora.alpha, targets=tuple(lora.targets), batch=batch_size,
+                   seq=seq, semantics="cpu", precision=precision, lora_dropout=lora.dropout if est_method != "full" else 0.0)
 
 
 def padding_memory(tokenizer, ds, batch_size: int = 16, fixed: int = MAX_LENGTH, method: str = "lora",
@@ -73,7 +79,7 @@ def bucket_row(report: MemoryReport, estimate: Optional["Estimate"] = None) -> d
     return row
 
 
-__all__ = ["step_memory", "estimated_memory", "padding_memory", "bucket_row"]
+__all__ = ["step_memory", "estimated_memory", "run_spec", "padding_memory", "bucket_row"]
 
 
 # ------------------------------------------------------------------ the forum's grid, on MiniLM

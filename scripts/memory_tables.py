@@ -12,21 +12,16 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
-from minigpt.lora import apply_lora  # noqa: E402
-from minigpt.memory import measure_step, zoo  # noqa: E402
-from minigpt.nf4 import quantize_model  # noqa: E402
+from minigpt.memory import measure_step  # noqa: E402
+from minigpt.memory.compare import measure  # noqa: E402
+from minigpt.memory.estimate import RunSpec  # noqa: E402
 
 
-def recipe(name: str, kind: str):
-    def make():
-        torch.manual_seed(0)
-        m = zoo.build(name, device="meta")
-        if kind == "qlora":
-            m = quantize_model(m, compute_dtype=torch.bfloat16)
-        if kind in ("lora", "qlora"):
-            m = apply_lora(m, r=8, alpha=16, targets="all-linear")
-        return m
-    return make
+def run_spec(name: str, kind: str, batch: int, seq: int, precision: str) -> RunSpec:
+    """The run of one table: LoRA r=8, alpha=16 on every linear layer but the head (QLoRA: an NF4 base),
+    simulated CUDA."""
+    return RunSpec(model=name, method=kind, rank=8, alpha=16, targets="all-linear", precision=precision,
+                   batch=batch, seq=seq, semantics="cuda")
 
 
 def exactness() -> None:
@@ -48,10 +43,9 @@ def exactness() -> None:
              ("roberta-base", "roberta-base", {}, 1, 128)]
     print("\nreal CPU vs fake tensors, same step (peak bytes; phases compared bucket by bucket)")
     for label, name, ov, B, S in cases:
-        batch = zoo.make_batch(name, B, S, **ov)
         for prec, sem in (("fp32", "cpu"), ("amp-bf16", "cuda")):
-            real = measure_step(zoo.factory(name, **ov), batch, precision=prec, mode="cpu", semantics=sem)
-            fake = measure_step(zoo.factory(name, **ov), batch, precision=prec, mode="fake", semantics=sem)
+            run = RunSpec(model=name, batch=B, seq=S, precision=prec, semantics=sem, overrides=ov)
+            real, fake = measure(run, mode="cpu"), measure(run, mode="fake")
             same = real.peak == fake.peak and real.phases == fake.phases
             print(f"{label:14s} B={B} S={S} {prec:8s} semantics={sem:4s} real={real.peak:>13,} "
                   f"fake={fake.peak:>13,} {'identical' if same else 'DIFFERENT'}")
@@ -72,12 +66,12 @@ def main() -> None:
         return
     out = {}
     for name in a.models.split(","):
-        batch = zoo.make_batch(name, a.batch, a.seq)
         for kind in ("full", "lora", "qlora"):
-            r = measure_step(recipe(name, kind), batch, precision=a.precision, mode="fake", semantics="cuda")
-            print(f"\n=== {name} {kind} (batch {a.batch}, seq {a.seq}, {a.precision}) ===")
+            run = run_spec(name, kind, a.batch, a.seq, a.precision)
+            r = measure(run, mode="fake")
+            print(f"\n=== {run.describe()} ===")
             print(r.table())
-            out[f"{name}/{kind}"] = r.to_dict()
+            out[f"{name}/{kind}"] = {**r.to_dict(), "spec": run.to_dict()}
             sys.stdout.flush()
     if a.json:
         with open(a.json, "w") as f:

@@ -4,8 +4,8 @@ from .buckets import BUCKETS, GB, GiB, MiB, MODEL_STATE_BUCKETS, empty_buckets, 
 from .measure import MemoryReport, measure_step
 from .tracker import TensorTracker
 from .timeline import Timeline, memory_timeline, plot_timeline
-from .estimate import Estimate, EstimateError  # the function: from minigpt.memory.estimate import estimate
+from .estimate import Estimate, EstimateError, RunSpec  # the function: from minigpt.memory.estimate import estimate
 
 __all__ = ["BUCKETS", "GB", "GiB", "MiB", "MODEL_STATE_BUCKETS", "empty_buckets", "fmt_bytes", "fmt_error",
            "MemoryReport", "measure_step", "TensorTracker",
-           "Timeline", "memory_timeline", "plot_timeline", "Estimate", "EstimateError"]
+           "Timeline", "memory_timeline", "plot_timeline", "Estimate", "EstimateError", "RunSpec"]

@@ -3,6 +3,11 @@
     python -m minigpt.memory estimate --model llama-7b --method qlora --rank 8 --targets all-linear \\
         --precision amp-bf16 --batch 1 --seq 512
     python -m minigpt.memory compare --model small --method lora --precision amp-bf16 --batch 4 --seq 128
+    python -m minigpt.memory estimate ... --json > run.json      # its "spec" is the run (RunSpec.to_dict)
+    python -m minigpt.memory compare --spec run.json --seq 256   # the same run again, one field changed
+
+All three commands build one RunSpec from the flags (``run_spec``): estimate, measure and compare
+get the same spec, and ``--json`` prints it as ``"spec"``.
 
 Every command ends with three labelled numbers (device_view.py): allocated peak, reserved peak and
 what nvidia-smi would show, each saying whether it is measured on CUDA, replayed (the allocator model
@@ -27,10 +32,11 @@ from .buckets import BUCKETS
 from .compare import (DEFAULT_GRID_MODELS, MEASURABLE_OPTIMIZERS, MEASURABLE_PRECISIONS, MODES,  # noqa: F401
                       accuracy_grid, build_factory, compare, compare_dict, compare_table, dropout_overrides,
                       format_grid, format_row, measure, measured_model_state)
-from .estimate import ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, estimate
+from .estimate import (ADAPTER_DTYPES, ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, SEMANTICS,
+                       ZERO_STAGES, EstimateError, RunSpec, estimate)
 from .estimate.sharding import SHARDINGS
 from . import device_view
-from .gpus import GPUS, gpu
+from .gpus import GPUS
 
 
 # ------------------------------------------------------------------------ command line
@@ -86,6 +92,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("command", choices=("estimate", "measure", "compare"))
     p.add_argument("--model", default="small",
                    help="a minigpt.memory.zoo name, a config.json, or a model directory holding one (configs/)")
+    p.add_argument("--spec", default=None, metavar="FILE.json",
+                   help="a run spec saved from --json (its \"spec\"); flags given beside it change its fields")
     p.add_argument("--set", dest="overrides", action="append", type=_set_item, default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable; int/float/true/false/none/str), e.g. num_hidden_layers=2")
     p.add_argument("--method", choices=METHODS, default="full")
@@ -98,6 +106,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=ATTENTIONS, default="sdpa")
     p.add_argument("--dropout", type=_prob, default=None, help="the model's own dropout (default: its config's)")
     p.add_argument("--lora-dropout", type=_prob, default=0.0, help="dropout on each adapter's input (lora, qlora)")
+    p.add_argument("--adapter-dtype", choices=ADAPTER_DTYPES, default=None,
+                   help="the adapters' dtype (lora, qlora); default fp32, cast with the model in pure bf16/fp16 (fp32 "
+                        "there keeps them fp32, peft's default)")
     p.add_argument("--batch", type=_pos_int, default=1, help="rows per optimizer step (per GPU)")
     p.add_argument("--micro-batch", type=_pos_int, default=None,
                    help="rows per forward/backward: gradient accumulation over batch / micro-batch of them")
@@ -129,65 +140,96 @@ def make_parser() -> argparse.ArgumentParser:
 _GPU_NAMES = tuple(name for s in GPUS for name in s.aliases)   # t4, v100, a10g, l4, a100-40gb, a100-80gb, h100, ...
 
 
-def _estimate_view(a, kwargs: dict, est):
+def _estimate_view(a, run: RunSpec, est):
     """The three numbers of an estimate: reserved only when asked (--reserved, or --gpu)."""
-    card = gpu(a.gpu) if a.gpu else None
-    if not (a.gpu or a.reserved):
+    card = run.card()
+    if not (card or a.reserved):
         return device_view.view_for_estimate(est, card)
     try:
-        _, events = device_view.trace(card, **kwargs)
+        _, events = device_view.trace(card, run)
     except EstimateError as e:   # e.g. bitsandbytes optimizers: the trace cannot run them
         return device_view.view_for_estimate(est, card, why_not=f"the fake-tensor trace cannot run this step: {e}")
     return device_view.view_for_estimate(est, card, events)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = make_parser()
-    a = parser.parse_args(argv)
+# the command line's flags that are RunSpec fields (dest = field name); --set gives its overrides
+RUN_FLAGS = ("model", "method", "rank", "alpha", "targets", "double_quant", "precision", "optimizer", "attention",
+             "dropout", "lora_dropout", "adapter_dtype", "batch", "micro_batch", "set_to_none", "optimizer_impl", "seq",
+             "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index", "gpu")
+
+
+def run_spec(parser: argparse.ArgumentParser, a: argparse.Namespace, given: set) -> RunSpec:
+    """The one RunSpec of the command line: --spec FILE (a saved spec, or a --json output holding one)
+    with the flags ``given`` on the command line changed, else the flags; --set adds config overrides."""
     from .hf_models import parse_set
     try:
         overrides = parse_set(a.overrides)
     except ValueError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
-    clash = sorted(set(overrides) & {"model", "method", "rank", "alpha", "targets", "double_quant", "precision",
-                                     "optimizer", "attention", "dropout", "lora_dropout", "batch", "seq", "mode",
-                                     "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index"})
+    clash = sorted(set(overrides) & {*RUN_FLAGS, "mode", "head_trainable"})
     if clash:
         parser.exit(2, f"{parser.prog}: error: --set {clash[0]}=... names an argument of the estimator, not only a "
                        f"config field; use its own flag (--{clash[0].replace('_', '-')}) instead.\n")
-    kwargs = dict(model=a.model, method=a.method, rank=a.rank, alpha=a.alpha, targets=a.targets,
-                  double_quant=a.double_quant, precision=a.precision, optimizer=a.optimizer,
-                  attention=a.attention, dropout=a.dropout, lora_dropout=a.lora_dropout, batch=a.batch,
-                  micro_batch=a.micro_batch, set_to_none=a.set_to_none, optimizer_impl=a.optimizer_impl, seq=a.seq,
-                  checkpointing=a.checkpointing, semantics=a.semantics, gpus=a.gpus, zero=a.zero, **overrides)
-    if a.command != "estimate" and (a.sharding != "flat" or a.rank_index):
-        parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "
-                       "measure runs one process: use `python -m minigpt.memory.distributed` to run ranks.\n")
+    flags = {k: getattr(a, k) for k in RUN_FLAGS}
+    if a.spec is None:
+        return RunSpec(**flags, overrides=overrides)
     try:
+        with open(a.spec) as f:
+            base = RunSpec.from_dict(json.load(f))
+    except (OSError, json.JSONDecodeError) as e:
+        parser.exit(2, f"{parser.prog}: error: --spec {a.spec}: cannot read a JSON run spec ({e}); give a file "
+                       f"that --json wrote, or its \"spec\".\n")
+    changes = {k: v for k, v in flags.items() if k in given}
+    if overrides:
+        changes["overrides"] = {**base.overrides, **overrides}
+    return base.replace(**changes)
+
+
+def _given(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> set:
+    """The destinations the command line names itself (not left at their defaults)."""
+    saved = {act.dest: act.default for act in parser._actions}
+    try:
+        for act in parser._actions:
+            act.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for act in parser._actions:
+            act.default = saved[act.dest]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser()
+    a = parser.parse_args(argv)
+    try:
+        run = run_spec(parser, a, _given(parser, argv) if a.spec else set())
+        if a.command != "estimate" and (run.sharding != "flat" or run.rank_index):
+            parser.exit(2, f"{parser.prog}: error: --sharding and --rank-index predict one rank of a sharded run; "
+                           "measure runs one process: use `python -m minigpt.memory.distributed` to run ranks.\n")
+        spec_json = {"spec": run.to_dict()}
         if a.command == "estimate":
-            est = estimate(**kwargs, sharding=a.sharding, rank_index=a.rank_index, gpu=a.gpu)
+            est = estimate(run)
             if a.emit:   # the spec is valid (estimate did not raise): print its launch config
                 from .launchers import emit
-                print(emit(a.emit, gpus=a.gpus, zero=a.zero, batch=a.batch, precision=a.precision))
+                print(emit(a.emit, gpus=run.gpus, zero=run.zero, batch=run.batch, precision=run.precision))
                 return 0
-            view = _estimate_view(a, kwargs, est)
-            print(json.dumps({**est.to_dict(), "device_view": view.to_dict()}, indent=2) if a.json
+            view = _estimate_view(a, run, est)
+            print(json.dumps({**est.to_dict(), "device_view": view.to_dict(), **spec_json}, indent=2) if a.json
                   else est.table(a.unit) + "\n" + view.table(a.unit))
         elif a.command == "measure":
-            rep, view = _measured_view(a, kwargs)
+            rep, view = _measured_view(a, run)
             if a.json:
                 out = {k: int(rep.buckets[k]) for k in BUCKETS}
                 out.update(peak=int(rep.peak), peak_phase=rep.peak_phase, label=rep.label,
-                           phases=rep.to_dict()["phases"], config={**kwargs, "mode": a.mode, "overrides": overrides},
-                           device_view=view.to_dict())
+                           phases=rep.to_dict()["phases"], config={**run.to_dict(), "mode": a.mode},
+                           device_view=view.to_dict(), mode=a.mode, **spec_json)
                 print(json.dumps(out, indent=2))
             else:
                 print(rep.table(a.unit) + "\n" + view.table(a.unit))
         else:
-            est = estimate(**kwargs, gpu=a.gpu)
-            rep, view = _measured_view(a, kwargs, validated=True)
-            print(json.dumps({**compare_dict(est, rep), "device_view": view.to_dict()}, indent=2) if a.json
-                  else compare_table(est, rep, a.unit) + "\n" + view.table(a.unit))
+            est = estimate(run)
+            rep, view = _measured_view(a, run, validated=True)
+            print(json.dumps({**compare_dict(est, rep), "device_view": view.to_dict(), "mode": a.mode, **spec_json},
+                             indent=2) if a.json else compare_table(est, rep, a.unit) + "\n" + view.table(a.unit))
     except EstimateError as e:
         parser.exit(2, f"{parser.prog}: error: {e}\n")
     except RuntimeError as e:   # e.g. --mode cuda without a GPU: measure_step says what to do
@@ -195,11 +237,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-def _measured_view(a, kwargs: dict, validated: bool = False):
+def _measured_view(a, run: RunSpec, validated: bool = False):
     """measure_step on the spec (with its events, under the card's SDPA kernel) and its three numbers."""
     if not validated:
-        estimate(**kwargs, gpu=a.gpu)    # validates the spec (and refuses bf16 on a card without it)
-    card = gpu(a.gpu) if a.gpu else None
-    rep, events = device_view.trace(card, mode=a.mode, **kwargs)
+        estimate(run)    # validates the spec against the model before anything is built
+    card = run.card()
+    rep, events = device_view.trace(card, run, mode=a.mode)
     nvml = device_view.nvml_used() if a.mode == "cuda" else None
     return rep, device_view.view_for_report(rep, card, events, nvml_used=nvml)

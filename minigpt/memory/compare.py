@@ -1,7 +1,7 @@
 """Measure the step an estimate describes, and put the two side by side.
 
-build_factory builds the model estimate would describe with the same arguments (for
-measure_step), measure and compare take the estimator's arguments, compare_table prints
+build_factory builds the model estimate would describe for the same RunSpec (for
+measure_step), measure and compare take a RunSpec (or the estimator's arguments, which make one), compare_table prints
 estimate, measurement and difference bucket by bucket, and accuracy_grid runs the estimator
 against measure_step over a grid of setups. python -m minigpt.memory (cli.py) is their command line.
 """
@@ -12,8 +12,8 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..precision import RUNNABLE, compute_dtype
 from .buckets import BUCKETS, GiB, MiB, MODEL_STATE_BUCKETS
-from .estimate import (METHODS, Estimate, EstimateError, accumulation_steps, closed_form_reason, estimate,
-                       is_config_source, resolve_config, resolve_model, resolve_targets)
+from .estimate import (METHODS, Estimate, EstimateError, ResolvedModel, RunSpec, estimate_run,
+                       resolve_model, resolve_run_model, resolve_targets)
 from .estimate.traced import adapted_factory, measured_model_state, trace
 
 
@@ -23,7 +23,10 @@ MODES = ("fake", "cpu", "cuda")
 MEASURABLE_PRECISIONS = RUNNABLE
 
 
-MEASURABLE_OPTIMIZERS = ("adamw", "sgd")
+MEASURABLE_OPTIMIZERS = ("adamw", "sgd", "adafactor", "adamw-8bit", "paged-adamw-8bit")
+
+
+BNB_OPTIMIZERS = ("adamw-8bit", "paged-adamw-8bit")   # bitsandbytes 0.50.2: its 8-bit AdamW also steps CPU tensors
 
 
 def dropout_overrides(name: str, dropout: Optional[float]) -> dict:
@@ -39,50 +42,66 @@ def dropout_overrides(name: str, dropout: Optional[float]) -> dict:
     return {"hidden_dropout_prob": dropout, "attention_probs_dropout_prob": dropout}
 
 
-def build_factory(name: str, method: str = "full", rank: int = 8, alpha: float = 16.0,
-                  targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
-                  attention: str = "sdpa", dropout: Optional[float] = None, seed: int = 0,
-                  lora_dropout: float = 0.0, **overrides) -> Callable:
-    """A zero-argument builder of the model ``estimate`` describes, for measure_step:
-    zoo.build, then (qlora) minigpt.nf4.quantize_model (the heads stay unquantised), then (lora,
-    qlora) minigpt.lora.apply_lora with a classification head trained in full. ``name`` may also be
-    a config.json path, a model directory, a dict or a PretrainedConfig (hf_models.build_model)."""
-    if is_config_source(name):
-        src = resolve_config(name, overrides, dropout)
-        return adapted_factory(src, method, rank, alpha, targets, double_quant, precision, attention, seed,
-                               lora_dropout)[0]
+def build_factory(name: Any, *args: Any, seed: int = 0, **kwargs: Any) -> Callable:
+    """A zero-argument builder of the model ``estimate`` describes, for measure_step: ``name`` is a
+    RunSpec, or estimate's arguments (a zoo name, a config.json path, a model directory, a dict or a
+    PretrainedConfig, then the run's fields). zoo.build, then (qlora) minigpt.nf4.quantize_model (the
+    heads stay unquantised), then (lora, qlora) minigpt.lora.apply_lora with a classification head
+    trained in full (hf_models.build_model for a config)."""
+    run = RunSpec.from_kwargs(name, *args, order=_BUILD_ORDER, **kwargs)
+    return _factory(run, resolve_run_model(run), seed)
+
+
+_BUILD_ORDER = ("model", "method", "rank", "alpha", "targets", "double_quant", "precision", "attention", "dropout")
+
+
+def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
+    if m.config:
+        return adapted_factory(m.src, run, seed)[0]
+    if not isinstance(run.model, str):
+        raise EstimateError(f"measure builds a zoo name or a transformers config, not a {type(run.model).__name__}; "
+                            f"give model= a name (with overrides) or a config.json, or call measure_step yourself.")
     import torch
     from . import zoo
     from ..lora import apply_lora
     from ..nf4 import quantize_model   # imported here: its tables cannot be built inside FakeTensorMode
-    overrides = {**dropout_overrides(name, dropout), **overrides}
-    spec = resolve_model(name, **overrides)
-    tg = resolve_targets(spec, targets)
-    trainable = ("classifier",) if spec.task == "cls" else ()
-    compute = compute_dtype(precision)
+    name = run.model
+    overrides = {**dropout_overrides(name, run.dropout), **run.overrides}
+    tg = resolve_targets(m.spec, run.targets)
+    trainable = ("classifier",) if m.spec.task == "cls" else ()
+    compute = compute_dtype(run.precision)
+    method = run.method
 
     def make():
         torch.manual_seed(seed)
-        model = zoo.build(name, device=None, attn_implementation=attention, **overrides)
+        model = zoo.build(name, device=None, attn_implementation=run.attention, **overrides)
         if method == "qlora":
-            quantize_model(model, skip=("lm_head", "classifier"), double_quant=double_quant,
+            quantize_model(model, skip=("lm_head", "classifier"), double_quant=run.double_quant,
                            compute_dtype=compute)
         if method in ("lora", "qlora"):
-            apply_lora(model, rank, alpha, dropout=lora_dropout, targets=tg, trainable=trainable)
+            apply_lora(model, run.rank, run.alpha, dropout=run.lora_dropout, targets=tg, trainable=trainable,
+                       adapter_dtype=run.adapter_torch_dtype())
         return model
     make.__name__ = f"build_{name}_{method}"
     return make
 
 
-def _measure_args_check(precision: str, optimizer: str, gpus: int, zero: int, method: str) -> None:
+def _measure_args_check(run: RunSpec, mode: str) -> None:
+    precision, optimizer, method = run.precision, run.optimizer, run.method
+    if mode not in MODES:
+        raise EstimateError(f"mode={mode!r} is not allowed; use one of: {', '.join(MODES)}.")
     if precision not in MEASURABLE_PRECISIONS:
         raise EstimateError(f"measure cannot run precision {precision!r} (only the estimator models it); "
                             f"use one of {', '.join(MEASURABLE_PRECISIONS)}, or the estimate command.")
     if optimizer not in MEASURABLE_OPTIMIZERS:
-        raise EstimateError(f"measure cannot run optimizer {optimizer!r} (bitsandbytes' 8-bit and paged "
-                            f"optimizers need a GPU; only the estimator models them); use "
-                            f"{' or '.join(MEASURABLE_OPTIMIZERS)}, or the estimate command.")
-    if gpus != 1 or zero != 0:
+        raise EstimateError(f"measure cannot run optimizer {optimizer!r} (bitsandbytes' paged 32-bit optimizer "
+                            f"is modelled by the estimator only); use {', '.join(MEASURABLE_OPTIMIZERS)}, or the "
+                            f"estimate command.")
+    if optimizer in BNB_OPTIMIZERS and mode == "fake":
+        raise EstimateError(f"measure cannot run optimizer {optimizer!r} in mode 'fake' (bitsandbytes reads tensor "
+                            f"values in its step, which fake tensors do not have); use mode='cpu' (its 8-bit AdamW "
+                            f"runs on CPU tensors) or 'cuda'.")
+    if run.gpus != 1 or run.zero != 0:
         raise EstimateError("measure runs on one device, so --gpus and --zero are for the estimate command only; "
                             "drop them to measure.")
     if method == "qlora" and precision in ("bf16", "fp16"):
@@ -90,51 +109,47 @@ def _measure_args_check(precision: str, optimizer: str, gpus: int, zero: int, me
                             "the NF4 scales); use amp-bf16 or amp-fp16, or the estimate command.")
 
 
-def measure(model: str = "small", method: str = "full", rank: int = 8, alpha: float = 16.0,
-            targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
-            optimizer: str = "adamw", attention: str = "sdpa", dropout: Optional[float] = None,
-            batch: int = 1, seq: int = 128, checkpointing: bool = False, mode: str = "fake",
-            semantics: str = "cuda", gpus: int = 1, zero: int = 0, lora_dropout: float = 0.0,
-            micro_batch: Optional[int] = None, set_to_none: bool = True, events: Optional[list] = None,
-            optimizer_impl: str = "default", **overrides):
-    """measure_step on the model ``estimate`` would describe with the same arguments (with
-    ``micro_batch``, each forward runs ``micro_batch`` rows, accumulated batch // micro_batch times).
-    ``events``: a list to receive the step's allocator events (allocator.replay)."""
+_MEASURE_ORDER = ("model", "method", "rank", "alpha", "targets", "double_quant", "precision", "optimizer",
+                  "attention", "dropout", "batch", "seq", "checkpointing", "mode", "semantics", "gpus", "zero",
+                  "lora_dropout", "micro_batch", "set_to_none", "events", "optimizer_impl")
+
+
+def measure(model: Any = "small", *args: Any, mode: str = "fake", events: Optional[list] = None, **kwargs: Any):
+    """measure_step on the model ``estimate`` would describe for the same RunSpec (or the same
+    arguments: estimate's, by name): with ``micro_batch``, each forward runs ``micro_batch`` rows,
+    accumulated batch // micro_batch times. ``mode``: "fake", "cpu" or "cuda"; ``events``: a list to
+    receive the step's allocator events (allocator.replay)."""
+    if args:           # the old positional order, where mode and events came among the fields
+        named = dict(zip(_MEASURE_ORDER[1:], args))
+        mode, events = named.pop("mode", mode), named.pop("events", events)
+        kwargs = {**named, **kwargs}
+    run = RunSpec.from_kwargs(model, **kwargs)
+    return measure_run(run, resolve_run_model(run), mode, events)
+
+
+def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Optional[list] = None):
+    """measure() of ``run`` whose model ``m`` is already resolved (estimate.resolve_run_model)."""
     from . import zoo
     from .measure import measure_step
-    if mode not in MODES:
-        raise EstimateError(f"mode={mode!r} is not allowed; use one of: {', '.join(MODES)}.")
-    _measure_args_check(precision, optimizer, gpus, zero, method)
-    if is_config_source(model):       # any transformers config: hf_models builds it
-        src = resolve_config(model, overrides, dropout)
-        if not closed_form_reason(src.config, seq):   # cheap: the estimator validates the arguments
-            estimate(src.config, method, rank, alpha, targets, double_quant, precision, optimizer, attention,
-                     None, batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout,
-                     micro_batch=micro_batch, set_to_none=set_to_none, optimizer_impl=optimizer_impl)
-        step_batch, acc = accumulation_steps(batch, micro_batch)
-        return trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, step_batch,
-                     seq, checkpointing, semantics, mode, lora_dropout, None, acc, set_to_none, events,
-                     optimizer_impl)[0]
-    # the estimator validates everything else (and we fail before building anything)
-    estimate(model, method, rank, alpha, targets, double_quant, precision, optimizer, attention, dropout,
-             batch, seq, checkpointing, semantics, 1, 0, lora_dropout=lora_dropout, micro_batch=micro_batch,
-             set_to_none=set_to_none, optimizer_impl=optimizer_impl, **overrides)
-    step_batch, acc = accumulation_steps(batch, micro_batch)
-    make = build_factory(model, method, rank, alpha, targets, double_quant, precision, attention, dropout,
-                         lora_dropout=lora_dropout, **overrides)
-    vocab = {k: v for k, v in overrides.items() if k == "vocab_size"}
-    batch_t = zoo.make_batch(model, step_batch, seq, **vocab)
-    return measure_step(make, batch_t, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
-                        mode=mode, semantics=semantics, accumulation=acc, set_to_none=set_to_none, events=events,
-                        optimizer_impl=optimizer_impl)
+    _measure_args_check(run, mode)
+    if not m.why:          # cheap: the estimator validates the run against the model (and fails before building)
+        estimate_run(run, m)
+    if m.config:           # any transformers config: hf_models builds it
+        return trace(m.src, run, mode, events=events)[0]
+    make = _factory(run, m)
+    vocab = {k: v for k, v in run.overrides.items() if k == "vocab_size"}
+    batch_t = zoo.make_batch(run.model, run.step_batch, run.seq, **vocab)
+    return measure_step(make, batch_t, optimizer=run.optimizer, precision=run.precision,
+                        checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
+                        accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
+                        optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None)
 
 
-def compare(**kwargs) -> tuple[Estimate, Any]:
-    """(estimate, measurement) for the same arguments (those of ``measure``)."""
-    mode = kwargs.pop("mode", "fake")
-    est = estimate(**kwargs)
-    rep = measure(mode=mode, **kwargs)
-    return est, rep
+def compare(model: Any = "small", *args: Any, mode: str = "fake", **kwargs: Any) -> tuple[Estimate, Any]:
+    """(estimate, measurement) of the same RunSpec (or the same arguments), its model resolved once."""
+    run = RunSpec.from_kwargs(model, *args, **kwargs)
+    m = resolve_run_model(run)
+    return estimate_run(run, m), measure_run(run, m, mode)
 
 
 def _unit(n: int, unit: str) -> tuple[str, int]:
@@ -219,16 +234,14 @@ def accuracy_grid(models: Sequence[tuple[str, dict]] = DEFAULT_GRID_MODELS,
                     if limit is not None and seq > limit:
                         continue
                     for ck in checkpointing:
-                        args = dict(model=name, method=method, rank=rank, targets=targets, precision=prec,
-                                    batch=batch, seq=seq, checkpointing=ck, semantics=semantics, **over)
-                        if method != "full":
-                            args["lora_dropout"] = lora_dropout
+                        run = RunSpec(model=name, method=method, rank=rank, targets=targets, precision=prec,
+                                      batch=batch, seq=seq, checkpointing=ck, semantics=semantics, overrides=over,
+                                      lora_dropout=lora_dropout if method != "full" else 0.0)
                         t0 = time.perf_counter()
-                        est = estimate(**args)
-                        rep = measure(mode=mode, **args)
+                        est, rep = compare(run, mode=mode)
                         ms = measured_model_state(rep)
                         row = dict(model=name + ("*" if over else ""), method=method, precision=prec,
-                                   lora_dropout=args.get("lora_dropout", 0.0),
+                                   lora_dropout=run.lora_dropout,
                                    batch=batch, seq=seq, checkpointing=ck, semantics=semantics,
                                    estimated=est.peak, measured=rep.peak,
                                    error=(est.peak - rep.peak) / rep.peak * 100,

@@ -8,7 +8,7 @@ Each number carries its source: "measured on CUDA" (a real run), "replayed" (all
 traced event stream of the step), "estimated" (the closed form of estimate/), "modelled" (the CUDA
 context from the cited measurements of gpus.py, a range where they disagree), or "not computed".
 
-    view = view_for_estimate(est, card=gpu("t4"), trace_kwargs=dict(model="small", ...))
+    view = view_for_estimate(est, card=gpu("t4"), events=trace(gpu("t4"), run)[1])   # run: a RunSpec
     print(view.table())          # the three lines, their sources, and "fits / does not fit on ..."
 
 The cuBLAS workspace (gpus.cublas_workspace_bytes) is allocated through the caching allocator in the
@@ -168,15 +168,18 @@ def _smi(reserved: Number, card: Optional[gpus.GpuSpec], loading: str,
 
 
 # --------------------------------------------------------------------------- the views
-def trace(card: Optional[gpus.GpuSpec] = None, mode: str = "fake", **kwargs) -> tuple[Any, list[Event]]:
-    """measure_step on the model of ``estimate(**kwargs)`` (fake tensors, CUDA semantics, the card's
-    SDPA kernel), with its allocator events. Raises EstimateError for a step measure cannot run."""
+def trace(card: Optional[gpus.GpuSpec] = None, run: Any = None, mode: str = "fake",
+          **kwargs: Any) -> tuple[Any, list[Event]]:
+    """measure_step on the model of ``estimate(run)`` (a RunSpec, or estimate's arguments as keywords;
+    fake tensors, the card's SDPA kernel), with its allocator events; one device, so the sharding
+    fields are dropped. Raises EstimateError for a step measure cannot run."""
     from . import cuda_rules
     from .compare import measure
-    kw = {k: v for k, v in kwargs.items() if k not in ("sharding", "rank_index", "gpu")}
+    from .estimate import RunSpec
+    run = RunSpec.from_kwargs(run if run is not None else kwargs.pop("model", "small"), **kwargs)
     events: list[Event] = []
     with cuda_rules.on_card(card):
-        rep = measure(mode=mode, events=events, **kw)
+        rep = measure(run.replace(sharding="flat", rank_index=0, gpu=None), mode=mode, events=events)
     return rep, events
 
 

@@ -288,9 +288,9 @@ ESTIMATE_ARGS = {"ddp": dict(zero=0, sharding="ddp"), "zero1": dict(zero=1, shar
 def estimate_rank(mode: str, model: str, world: int, rank: int, batch: int, seq: int):
     """The estimator's prediction for one rank of ``run_sharded(model, mode, world, batch, seq)``:
     AdamW (for-loop), fp32, CPU kernels ("pretrained" has the shapes of the ``small`` preset)."""
-    from .estimate import estimate
-    return estimate("small" if model == "pretrained" else model, batch=batch, seq=seq, semantics="cpu", gpus=world, rank_index=rank,
-                    **ESTIMATE_ARGS[mode])
+    from .estimate import RunSpec, estimate
+    return estimate(RunSpec("small" if model == "pretrained" else model, batch=batch, seq=seq, semantics="cpu",
+                            gpus=world, rank_index=rank, **ESTIMATE_ARGS[mode]))
 
 
 def rank_model_state(est) -> dict:

@@ -57,7 +57,8 @@ def make_optimizer(spec: OptimizerSpec, params: list, foreach: Optional[bool] = 
     """An optimizer from a name or a callable ``params -> optimizer``.
 
     Names: "adamw", "adam", "sgd" (momentum 0.9), "sgd-nomomentum", "adafactor", "rmsprop",
-    "adagrad". ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA);
+    "adagrad", "adamw-8bit" and "paged-adamw-8bit" (bitsandbytes 0.50.2; on CPU tensors the paged
+    one falls back to ordinary tensors, as bitsandbytes warns). ``foreach=None`` is torch's default for the device (for-loop on CPU, foreach on CUDA);
     ``fused=True`` (Adam/AdamW): one fused kernel per step, no per-parameter temporaries.
     """
     if callable(spec):
@@ -77,12 +78,15 @@ def make_optimizer(spec: OptimizerSpec, params: list, foreach: Optional[bool] = 
         return torch.optim.SGD(params, lr=lr, **kw)
     if spec == "adafactor":
         return torch.optim.Adafactor(params, lr=lr, **kw)
+    if spec in ("adamw-8bit", "paged-adamw-8bit"):   # bitsandbytes: one kernel per tensor, no foreach
+        import bitsandbytes as bnb
+        return (bnb.optim.AdamW8bit if spec == "adamw-8bit" else bnb.optim.PagedAdamW8bit)(params, lr=lr)
     if spec == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, **kw)
     if spec == "adagrad":
         return torch.optim.Adagrad(params, lr=lr, **kw)
     raise ValueError(f"optimizer={spec!r} is not known; use one of 'adamw', 'adam', 'sgd', "
-                     f"'sgd-nomomentum', 'adafactor', 'rmsprop', 'adagrad', or a callable "
+                     f"'sgd-nomomentum', 'adafactor', 'rmsprop', 'adagrad', 'adamw-8bit', 'paged-adamw-8bit', or a callable "
                      f"taking the trainable parameters and returning an optimizer.")
 
 
@@ -152,10 +156,15 @@ def to_fake(model: nn.Module, fake_mode) -> nn.Module:
     return model
 
 
-def cast_model(model: nn.Module, dtype: torch.dtype, fake_mode=None) -> nn.Module:
-    """Pure low precision: cast floating parameters and buffers to dtype (works on fake models)."""
+def cast_model(model: nn.Module, dtype: torch.dtype, fake_mode=None, keep_adapters: bool = False) -> nn.Module:
+    """Pure low precision: cast floating parameters and buffers to dtype (works on fake models);
+    ``keep_adapters``: LoRA's A and B keep the dtype apply_lora gave them (peft's fp32 adapters on a
+    16-bit model, ``autocast_adapter_dtype=True``)."""
+    from ..lora import LoRALinear
+    keep = {id(p) for m in model.modules() if isinstance(m, LoRALinear) for p in (m.A, m.B)} if keep_adapters else set()
+
     def cast(t: torch.Tensor) -> torch.Tensor:
-        if not t.is_floating_point() or t.dtype == dtype:
+        if not t.is_floating_point() or t.dtype == dtype or id(t) in keep:
             return t
         with (fake_mode if fake_mode is not None else contextlib.nullcontext()):
             return t.detach().to(dtype)
@@ -193,7 +202,7 @@ class Session:
     def __init__(self, model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", keep_outputs: bool = True, set_to_none: bool = True,
-                 accumulation: int = 1, optimizer_impl: str = "default"):
+                 accumulation: int = 1, optimizer_impl: str = "default", keep_adapters: bool = False):
         _check_choice("mode", mode, MODES)
         _check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
         if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
@@ -235,7 +244,7 @@ class Session:
         if mode == "cuda":
             model = model.to("cuda")
         if precision in ("bf16", "fp16"):
-            cast_model(model, _DTYPES[precision], self.fake_mode)
+            cast_model(model, _DTYPES[precision], self.fake_mode, keep_adapters)
         if checkpointing:
             enable_checkpointing(model)
         model.train()
@@ -288,6 +297,19 @@ class Session:
             stack.callback(setattr, mu, "find_packed_sequence_indices", orig)
         return stack
 
+    def _scalars(self):
+        """Fake mode: torch.optim.Adafactor reads two scalars per tensor with ``.item()`` (the step and
+        the norm of the parameter and of its update) to scale its update; fake tensors have no values,
+        and the values move no memory: read them as 1.0 during the step."""
+        if self.fake_mode is None or not isinstance(self.opt, torch.optim.Adafactor):
+            return contextlib.nullcontext()
+        from torch._subclasses.fake_tensor import FakeTensor
+        stack = contextlib.ExitStack()
+        item = torch.Tensor.item
+        torch.Tensor.item = lambda t: 1.0 if isinstance(t, FakeTensor) else item(t)
+        stack.callback(setattr, torch.Tensor, "item", item)
+        return stack
+
     def _autocast(self):
         if self.precision in ("amp-fp16", "amp-bf16"):
             return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
@@ -324,7 +346,8 @@ class Session:
                     if self.keep_outputs:
                         del out
                 phase("optimizer")
-                self.opt.step()
+                with self._scalars():
+                    self.opt.step()
                 if tracker is not None:
                     tracker.register_optimizer(self.opt)
                 phase("end")
@@ -334,7 +357,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", *, keep_outputs: bool = True,
                  events: Optional[list] = None, set_to_none: bool = True,
-                 accumulation: int = 1, optimizer_impl: str = "default") -> MemoryReport:
+                 accumulation: int = 1, optimizer_impl: str = "default",
+                 keep_adapters: bool = False) -> MemoryReport:
     """Peak memory of one training step, split into buckets (see buckets.py).
 
     Args:
@@ -365,6 +389,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
         optimizer_impl: "default" (the device's: for-loop on CPU, foreach on CUDA), "for-loop",
             "foreach" or "fused" (torch's implementations of Adam/AdamW; fused keeps its step
             counters on the device).
+        keep_adapters: precision "bf16"/"fp16" casts the model but LoRA's A and B keep their dtype
+            (RunSpec.adapter_dtype "fp32" on a 16-bit model, peft's default).
         events: a list to receive the step's allocator events (tracker ``record_events``: the
             registered states first, then the step), for ``allocator.replay``.
 
@@ -387,7 +413,7 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     nvidia-smi shows (which adds the CUDA context, a few hundred MiB). Both are reported.
     """
     s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs,
-                set_to_none, accumulation, optimizer_impl)
+                set_to_none, accumulation, optimizer_impl, keep_adapters)
     s.step()  # the untracked warm-up step: optimizer state now exists
     if mode == "cuda":
         # the warm-up's cyclic garbage out of the caching allocator's count; the tracker of the CPU

@@ -20,7 +20,7 @@ from typing import Optional
 
 from ..paths import ROOT
 from . import device_view as dv
-from .estimate import estimate
+from .estimate import RunSpec, estimate
 from .gpus import gpu
 
 SOURCE_JSON = ROOT / "docs" / "gpu-runs" / "public_measurements.json"
@@ -109,15 +109,15 @@ SKIPPED: dict[int, str] = {
 def predict(row: dict, setup: dict, trace: bool = True) -> dict:
     """The prediction of one row: its kind's number (bytes, a range for nvml), its error in percent."""
     card = gpu(setup["gpu"]) if setup.get("gpu") else None
-    args = setup["args"]
-    est = estimate(**args, gpu=card)
+    run = RunSpec.from_kwargs(**setup["args"], gpu=card)   # the setup's fields; the rest are config overrides
+    est = estimate(run)
     kind = row["kind"]
     needs_trace = kind in ("reserved", "nvml") and "lower_bound" not in setup
     events = None
     if needs_trace:
         if not trace:
             return {"id": row["id"], "traced": True, "recomputed": False}
-        _, events = dv.trace(card, **args)
+        _, events = dv.trace(card, run)
     view = dv.view_for_estimate(est, card, events, loading=setup.get("loading", "lazy"))
     number = {"allocated": view.allocated, "reserved": view.reserved, "nvml": view.smi}[kind]
     if "lower_bound" in setup:
@@ -130,7 +130,7 @@ def predict(row: dict, setup: dict, trace: bool = True) -> dict:
            "predicted_source": number.source, "how": number.how,
            "error_percent_low": round((number.low - value) / value * 100, 2),
            "error_percent_high": round((number.high - value) / value * 100, 2),
-           "estimate_peak": est.peak, "setup": {**args, "gpu": setup.get("gpu"),
+           "estimate_peak": est.peak, "setup": {**setup["args"], "gpu": setup.get("gpu"),
                                                 "context_loading": setup.get("loading", "lazy")},
            "traced": needs_trace, "basis": setup["basis"], "not_modelled": setup["unmodelled"]}
     if "lower_bound" in setup:

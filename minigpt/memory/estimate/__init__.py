@@ -1,7 +1,7 @@
 """Predict the memory of one training step in closed form, bucket by bucket, without running it.
 
     est = estimate("llama-7b", method="qlora", rank=8, targets="all-linear", precision="amp-bf16",
-                   batch=1, seq=512)
+                   batch=1, seq=512)   # or estimate(run) with run = RunSpec(...) (run.py), the same spec
     print(est.table())       # MiB or GiB (binary units; the table says which)
     est.to_dict()            # integer bytes: the buckets of buckets.py, "peak", and the configuration
 
@@ -29,12 +29,16 @@ the parameters are on a GPU (0 GPU bytes, semantics="cuda") and 4 bytes each on 
 * 8-bit AdamW (bitsandbytes 0.50.2 ``Optimizer2State``): for a tensor with n >= 4096 elements,
   two uint8 states (2n) plus two float32 absmax per block of 256 (8 * ceil(n / 256)); smaller
   tensors keep two float32 states (8n); plus the two 256-entry float32 code tables (2 KiB, shared).
+* Adafactor (``torch.optim.Adafactor``): factored second moments, a row vector (rows) and a
+  column vector (cols) per matrix, a full vector per 1-D tensor, in the parameter dtype, and a
+  float32 step per tensor (on the host, as AdamW's, under semantics="cuda").
 * Paged AdamW (bitsandbytes ``PagedAdamW``): float32 states, but every tensor of >= 100,000
   elements is allocated with ``cudaMallocManaged`` (unified memory): the driver pages it to host
   RAM when the GPU runs short, so at the peak its GPU-resident bytes are about 0. Only the states
   of small tensors count here; the paged bytes are reported in ``Estimate.paged_bytes``.
 * LoRA: only A (r x in) and B (out x r) of each adapted layer are trainable (fp32 adapters, as
-  peft's ``autocast_adapter_dtype`` default and minigpt.lora); the base is frozen (weights_frozen).
+  peft's ``autocast_adapter_dtype`` default and minigpt.lora, or ``adapter_dtype`` bf16/fp16: 2n,
+  and under autocast no cached 16-bit copies of A and B); the base is frozen (weights_frozen).
 * QLoRA: every Linear of the base except the LM head and the classifier head is stored in NF4
   (minigpt.nf4, bitsandbytes' format): ceil(n/2) bytes of 4-bit codes + 4 * ceil(n/64) bytes of
   float32 absmax; with double quantisation the absmax are uint8 (ceil(n/64) bytes) plus float32
@@ -98,21 +102,24 @@ them), optimizer step (foreach or for-loop temporaries) -- and the peak is the l
 Model states are exact sums over the parameter tensors. Everything is arithmetic on shapes:
 LLaMA-70B takes a few seconds on a laptop.
 
-The package, one concept per module: ``spec`` (the model and its parameters), ``states`` (weights,
+The package, one concept per module: ``run`` (RunSpec: the run, its arguments checked once),
+``spec`` (the model and its parameters), ``states`` (weights,
 gradients, optimizer state), ``walk`` and ``layers`` (the symbolic forward ops), ``forward`` (one
 forward pass per family), ``replay`` (backward and the optimizer step), ``report`` (Estimate).
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 from ..buckets import fmt_bytes
 
 from .forward import forward_walk
 from .replay import batch_bytes, replay_step
+from .run import ADAPTER_DTYPES, RunSpec, accumulation_steps, check_int64
 from .report import LABEL, Estimate
 from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS,
-                   PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, _choice, closed_form_reason,
+                   PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, closed_form_reason,
                    is_config_source, linear_layers, lora_plan, model_names, n_parameters, parameter_inventory,
                    resolve_config, resolve_model, resolve_targets, spec_from_config, zoo_source)
 from .sharding import SHARDINGS, shard_states  # noqa: F401  (SHARDINGS: the CLI's choices)
@@ -120,17 +127,11 @@ from .states import _param_bytes, _shard, model_states, nf4_bytes
 from .layers import sdpa_kernel
 from .walk import _Ctx
 
-__all__ = ["ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZER_IMPLS", "OPTIMIZERS",
+__all__ = ["ADAPTER_DTYPES", "RunSpec", "ResolvedModel", "estimate_run", "resolve_run_model", "ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZER_IMPLS", "OPTIMIZERS",
            "PRECISIONS", "SEMANTICS", "ZERO_STAGES", "LABEL", "Estimate", "EstimateError", "ModelSpec", "PTensor",
            "accumulation_steps", "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
            "lora_plan", "model_names", "model_states", "n_parameters", "nf4_bytes", "parameter_inventory",
            "replay_step", "resolve_model", "resolve_targets", "spec_from_config"]
-
-
-def _positive_int(name: str, v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise EstimateError(f"{name} must be a positive integer, got {v!r}.")
-    return v
 
 
 def _max_seq(spec: ModelSpec) -> Optional[int]:
@@ -149,17 +150,58 @@ def _max_seq(spec: ModelSpec) -> Optional[int]:
     return getattr(cfg, "max_position_embeddings", None)
 
 
-def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int = 8, alpha: float = 16.0,
-             targets: Union[str, Sequence[str]] = "q,v", double_quant: bool = False,
-             precision: str = "fp32", optimizer: str = "adamw", attention: str = "sdpa",
-             dropout: Optional[float] = None, batch: int = 1, seq: int = 128,
-             checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
-             head_trainable: bool = True, sharding: str = "flat", rank_index: int = 0,
-             lora_dropout: float = 0.0, gpu: Any = None, micro_batch: Optional[int] = None,
-             set_to_none: bool = True, optimizer_impl: str = "default", **overrides) -> Estimate:
+@dataclass
+class ResolvedModel:
+    """The model of a run, resolved once per call (estimate, measure and compare share it)."""
+    name: str
+    spec: Optional[ModelSpec]    # None: the closed form does not describe it (``why``), it is traced
+    src: Any = None              # hf_models.Resolved (a config) or the zoo source, for the --json spec
+    why: Optional[str] = None
+    config: bool = False         # given as a config.json / directory / dict / PretrainedConfig
+
+
+def resolve_run_model(run: RunSpec) -> ResolvedModel:
+    """Read ``run.model`` with its overrides and dropout: a config, a zoo name or a config object."""
+    model, overrides, dropout = run.model, run.overrides, run.dropout
+    if is_config_source(model):          # a config.json, a model directory, a dict, a PretrainedConfig
+        src = resolve_config(model, overrides, dropout)
+        why = closed_form_reason(src.config, run.seq)
+        return ResolvedModel(src.name, None if why else spec_from_config(src.config, src.name), src, why, True)
+    if isinstance(model, str):
+        from .. import zoo
+        fam, key = zoo._resolve(model)
+        ov = dict(overrides)
+        if dropout is not None:
+            if fam == "minigpt":
+                ov["dropout"] = float(dropout)
+            elif zoo.HF_CONFIGS[key]["kind"] == "llama":
+                ov["attention_dropout"] = float(dropout)
+            else:
+                ov["hidden_dropout_prob"] = ov["attention_probs_dropout_prob"] = float(dropout)
+        if fam == "minigpt":
+            ov["attention"] = run.attention
+        spec = resolve_model(model, **ov)
+        return ResolvedModel(model, spec, zoo_source(model, spec, overrides))
+    if overrides:
+        raise EstimateError("config overrides only work with a model name; change the config object instead.")
+    spec = resolve_model(model)
+    if dropout is not None:
+        spec = ModelSpec(**{**asdict_shallow(spec), "hidden_dropout": 0.0 if spec.family == "llama" else float(dropout),
+                            "attn_dropout": float(dropout)})
+    return ResolvedModel(getattr(model, "model_type", None) or type(model).__name__, spec)
+
+
+def estimate(model: Union[RunSpec, str, Any] = "small", *args: Any, **kwargs: Any) -> Estimate:
     """Predict the peak memory of one training step, bucket by bucket, from shapes alone.
 
-    Args:
+    ``estimate(run)`` takes a RunSpec; ``estimate("llama-7b", method="lora", ...)`` takes its fields
+    (in this order positionally: model, method, rank, alpha, targets, double_quant, precision,
+    optimizer, attention, dropout, batch, seq, checkpointing, semantics, gpus, zero, head_trainable,
+    sharding, rank_index, lora_dropout, gpu, micro_batch, set_to_none, optimizer_impl) and builds one;
+    other names are config overrides (n_layer=2, num_hidden_layers=2). ``estimate(run, seq=4096)``
+    changes a field of ``run``.
+
+    Args (the fields of RunSpec):
         model: a name of minigpt.memory.zoo (tiny, small, minigpt-85m, roberta-base, bert-large,
             llama-7b/13b/70b, minigpt:<preset>), a GPTConfig, or any transformers model given by a
             config.json path, a model directory, a dict with model_type or a PretrainedConfig
@@ -171,11 +213,16 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
         rank, alpha, targets: LoRA rank, scale (bytes do not depend on it) and target layers,
             "all-linear" or names; the shorthand q, k, v, o is resolved per architecture.
             Sequence-classification heads are trained in full (peft's task_type="SEQ_CLS").
+        adapter_dtype: "fp32", "bf16" or "fp16" adapters (minigpt.lora's adapter_dtype); None: fp32,
+            cast with the model in pure 16-bit precisions; "fp32" there keeps them fp32 (peft's
+            ``autocast_adapter_dtype=True`` on a bf16/fp16 model).
         double_quant: QLoRA double quantisation of the NF4 scales.
         precision: "fp32", "amp-fp16", "amp-bf16" (torch.autocast, fp32 weights), "bf16", "fp16"
             (pure: weights, gradients, optimizer state in 16 bits) or "fp16-master" (16-bit
             weights and gradients, fp32 master weights in the optimizer).
-        optimizer: "adamw", "sgd" (momentum), "adamw-8bit", "paged-adamw", "paged-adamw-8bit".
+        optimizer: "adamw", "sgd" (momentum), "adamw-8bit", "paged-adamw", "paged-adamw-8bit",
+            "adafactor" (torch.optim.Adafactor: factored second moments, one row and one column
+            vector per matrix, a full vector per 1-D tensor).
         attention: "sdpa" (fused kernel) or "eager" (materialises the T x T scores).
         dropout: probability for every dropout of the model; None keeps the model's default
             (MiniGPT 0, BERT/RoBERTa 0.1, LLaMA 0).
@@ -204,99 +251,44 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             kernel that card dispatches (gpus.sdpa_backend: memory-efficient on a T4 or V100 in fp16),
             and bf16 is refused on cards without it. None: flash for 16-bit inputs (any sm_80+ card).
     """
-    _choice("method", method, METHODS)
-    _choice("precision", precision, PRECISIONS)
-    _choice("optimizer", optimizer, OPTIMIZERS)
-    _choice("attention", attention, ATTENTIONS)
-    _choice("semantics", semantics, SEMANTICS)
-    _choice("zero", zero, ZERO_STAGES)
-    _choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
-    if optimizer_impl != "default" and optimizer != "adamw":
-        raise EstimateError(f"optimizer_impl={optimizer_impl!r} chooses among torch's AdamW implementations; "
-                            f"use optimizer='adamw' or drop it.")
-    batch, seq, gpus = _positive_int("batch", batch), _positive_int("seq", seq), _positive_int("gpus", gpus)
-    step_batch, accumulation = accumulation_steps(batch, micro_batch)
-    grads_alive = accumulation > 1 or not set_to_none
-    if grads_alive and (zero >= 2 or sharding == "fsdp2"):
-        raise EstimateError("gradient accumulation and set_to_none=False are modelled with unsharded gradients "
-                            "only; use zero 0 or 1 (sharding flat or ddp).")
-    if method != "full":
-        _positive_int("rank", rank)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
-            raise EstimateError(f"alpha must be a positive number (LoRA scale = alpha / rank), got {alpha!r}.")
-    if double_quant and method != "qlora":
-        raise EstimateError("double_quant applies to method='qlora' only; drop it or use method='qlora'.")
-    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
-                                or not 0.0 <= dropout < 1.0):
-        raise EstimateError(f"dropout must be a probability in [0, 1), got {dropout!r}.")
-    if (isinstance(lora_dropout, bool) or not isinstance(lora_dropout, (int, float))
-            or not 0.0 <= lora_dropout < 1.0):
-        raise EstimateError(f"lora_dropout must be a probability in [0, 1), got {lora_dropout!r}.")
-    if lora_dropout and method == "full":
-        raise EstimateError("lora_dropout applies to the adapters of method='lora' or 'qlora'; drop it for 'full'.")
-    # the model, with its attention kernel and dropout
-    name = model if isinstance(model, str) else getattr(model, "model_type", None) or type(model).__name__
-    src = None
-    if is_config_source(model):          # a config.json, a model directory, a dict, a PretrainedConfig
-        src = resolve_config(model, overrides, dropout)
-        why = closed_form_reason(src.config, seq)
-        if why:                          # no formula for it: trace the step on fake tensors instead
-            from .traced import traced_estimate
-            return traced_estimate(src, why, method=method, rank=rank, alpha=alpha, targets=targets,
-                                   double_quant=double_quant, precision=precision, optimizer=optimizer,
-                                   attention=attention, batch=step_batch, seq=seq, checkpointing=checkpointing,
-                                   accumulation=accumulation, set_to_none=set_to_none,
-                                   optimizer_impl=optimizer_impl,
-                                   semantics=semantics, gpus=gpus, zero=zero, sharding=sharding,
-                                   head_trainable=head_trainable, lora_dropout=lora_dropout,
-                                   gpu=_card(gpu, precision))
-        spec, name = spec_from_config(src.config, src.name), src.name
-    elif isinstance(model, str):
-        from .. import zoo
-        fam, key = zoo._resolve(model)
-        ov = dict(overrides)
-        if dropout is not None:
-            if fam == "minigpt":
-                ov["dropout"] = float(dropout)
-            elif zoo.HF_CONFIGS[key]["kind"] == "llama":
-                ov["attention_dropout"] = float(dropout)
-            else:
-                ov["hidden_dropout_prob"] = ov["attention_probs_dropout_prob"] = float(dropout)
-        if fam == "minigpt":
-            ov["attention"] = attention
-        spec = resolve_model(model, **ov)
-        src = zoo_source(model, spec, overrides)
-    else:
-        if overrides:
-            raise EstimateError("config overrides only work with a model name; change the config object instead.")
-        spec = resolve_model(model)
-        if dropout is not None:
-            spec = ModelSpec(**{**asdict_shallow(spec), "hidden_dropout": 0.0 if spec.family == "llama" else float(dropout),
-                                "attn_dropout": float(dropout)})
+    run = RunSpec.from_kwargs(model, *args, **kwargs)
+    return estimate_run(run, resolve_run_model(run))
+
+
+def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
+    """The estimate of ``run`` whose model ``m`` is already resolved (resolve_run_model)."""
+    card = run.card()
+    if m.why:                            # no formula for it: trace the step on fake tensors instead
+        from .traced import traced_estimate
+        return traced_estimate(m.src, m.why, run, card)
+    spec, src, name = m.spec, m.src, m.name
+    method, precision, optimizer, rank = run.method, run.precision, run.optimizer, run.rank
+    semantics, gpus, zero, sharding, batch, seq = run.semantics, run.gpus, run.zero, run.sharding, run.batch, run.seq
+    step_batch, accumulation = run.step_batch, run.accumulation
     limit = _max_seq(spec)
     if limit is not None and seq > limit:
         raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}"
-                          + (" (or a config with rope_scaling)." if spec.family == "llama" else "."))
-    card = _card(gpu, precision)
-    tg = resolve_targets(spec, targets) if method != "full" else ()
-    states = model_states(spec, method, precision, optimizer, rank, tg, double_quant, semantics, head_trainable)
-    if optimizer_impl == "fused" and states.host:   # fused AdamW keeps its step counters on the device
+                            + (" (or a config with rope_scaling)." if spec.family == "llama" else "."))
+    tg = resolve_targets(spec, run.targets) if method != "full" else ()
+    states = model_states(spec, method, precision, optimizer, rank, tg, run.double_quant, semantics,
+                          run.head_trainable, run.adapter_bytes())
+    if run.optimizer_impl == "fused" and states.host:   # fused AdamW keeps its step counters on the device
         states.optimizer, states.host = states.optimizer + states.host, 0
     shapes = {n: (i, o) for n, i, o, _ in linear_layers(spec)}
     for n in states.adapted:
         fin, fout = shapes[n]
         if rank > min(fin, fout):
             raise EstimateError(f"rank={rank} is too large for layer {n!r} ({fin} -> {fout}); use rank <= {min(fin, fout)}.")
-    ctx = _Ctx(spec, step_batch, seq, precision, semantics, attention, spec.hidden_dropout, spec.attn_dropout,
+    ctx = _Ctx(spec, step_batch, seq, precision, semantics, run.attention, spec.hidden_dropout, spec.attn_dropout,
                method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
-               states.head_modules, checkpointing, float(lora_dropout), card)
+               states.head_modules, run.checkpointing, float(run.lora_dropout), card, run.adapter_bytes())
     fw = forward_walk(ctx)
 
     # sharding (ZeRO): divide the model states each GPU keeps
     notes: list[str] = []
     grad_scale = 1
     gather = 0
-    plan = shard_states(spec, states, precision, optimizer, semantics, gpus, zero, sharding, rank_index,
+    plan = shard_states(spec, states, precision, optimizer, semantics, gpus, zero, sharding, run.rank_index,
                         _param_bytes(precision))
     if sharding == "flat":
         if zero >= 1:
@@ -312,11 +304,11 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
             notes.append("ZeRO-3 gathers one block's weights at a time, two with prefetch: "
                          f"{fmt_bytes(gather)} in weight_copies.")
     elif plan is not None:
-        notes.append(f"FSDP2 on rank {rank_index} of {gpus}: padded dim-0 shards; in backward one block "
+        notes.append(f"FSDP2 on rank {run.rank_index} of {gpus}: padded dim-0 shards; in backward one block "
                      "gathered, the next block's all-gather buffer and a reduce-scatter buffer beside it "
                      "(collective buffers are counted in temporaries).")
     else:
-        notes.append(f"DDP on rank {rank_index} of {gpus}: the gradients are its all-reduce buckets, alive the "
+        notes.append(f"DDP on rank {run.rank_index} of {gpus}: the gradients are its all-reduce buckets, alive the "
                      "whole step" + (" (ZeroRedundancyOptimizer: this rank's whole parameters' state)."
                                      if zero == 1 else "."))
     if sharding != "flat" and method != "full":
@@ -324,8 +316,8 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                      "(tests/memory/test_distributed.py); with adapters it follows the same rules, unmeasured.")
     peaks = replay_step(fw, ctx, states, optimizer, grad_scale=grad_scale,
                         opt_scale=gpus if (zero >= 1 and sharding == "flat") else 1,
-                        extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or grads_alive,
-                        optimizer_impl=optimizer_impl)
+                        extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or run.grads_alive,
+                        optimizer_impl=run.optimizer_impl)
     comm = {}
     for ph, (tot, b) in list(peaks.items()):
         if ph != "_where" and "communication" in b:
@@ -334,41 +326,21 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
     where = peaks.pop("_where", {})
     phase = max(peaks, key=lambda p: peaks[p][0])
     peak, split = peaks[phase]
-    if optimizer.startswith("paged"):
-        notes.append(f"paged optimizer: {fmt_bytes(states.paged)} of state (tensors >= 100,000 elements) live "
-                     "in CUDA unified memory and page out to host RAM under pressure; counted as 0 GPU bytes "
-                     "at the peak (an upper bound adds them back).")
-    if states.host and semantics == "cuda":
-        notes.append(f"AdamW step counters ({states.host} B) live on the host (non-capturable AdamW).")
-    if precision == "fp16-master":
-        notes.append("fp16-master: fp16 weights and gradients, fp32 master weights counted in optimizer "
-                     "(the ZeRO paper's K = 12 bytes per parameter for Adam).")
-    if precision.startswith("amp") and method == "full":
-        notes.append("autocast keeps a 16-bit copy of every Linear weight through the step (weight_copies): "
-                     "16 persistent bytes per parameter + 2 at the peak.")
-    if card is not None and attention == "sdpa" and semantics == "cuda":
-        el = 2 if precision != "fp32" else 4
-        notes.append(f"SDPA on the {card.name} ({card.sm_name}): {sdpa_kernel(ctx, el, spec.attn_dropout)} kernel "
-                     "(gpus.sdpa_backend)" + (" -- a wheel with cuDNN > 9.15.0 runs cuDNN attention here instead "
-                                              "(pytorch/pytorch#162073), which is not modelled." if card.sm[0] in (9, 10)
-                                              and el == 2 else "."))
-    if accumulation > 1:
-        notes.append(f"gradient accumulation: {accumulation} micro-batches of {step_batch}; from the second on "
-                     "the gradients are alive through forward and backward (autograd adds into them).")
-    elif not set_to_none:
-        notes.append("zero_grad(set_to_none=False): the zeroed gradients stay allocated through forward and "
-                     "backward (autograd adds into them).")
+    check_int64(max(peak, fw.activations), batch, seq)
+    notes += _notes(run, states, card, ctx, spec)
     if where.get(phase):
         notes.append(f"peak at: {phase}, {where[phase]}.")
-    config = dict(model=name, method=method, rank=rank if method != "full" else None,
-                  alpha=alpha if method != "full" else None,
-                  targets=(tg if isinstance(tg, str) else ",".join(tg)) if method != "full" else None,
-                  double_quant=bool(double_quant), precision=precision, optimizer=optimizer,
-                  attention=attention, dropout=spec.attn_dropout if dropout is None else float(dropout),
-                  lora_dropout=float(lora_dropout) if method != "full" else None,
-                  optimizer_impl=optimizer_impl,
-                  batch=batch, micro_batch=step_batch, accumulation=accumulation, set_to_none=bool(set_to_none),
-                  seq=seq, checkpointing=bool(checkpointing), semantics=semantics, gpus=gpus, zero=zero, sharding=sharding, rank_index=rank_index,
+    lora = method != "full"
+    config = dict(model=name, method=method, rank=rank if lora else None, alpha=run.alpha if lora else None,
+                  targets=(tg if isinstance(tg, str) else ",".join(tg)) if lora else None,
+                  double_quant=bool(run.double_quant), precision=precision, optimizer=optimizer,
+                  attention=run.attention, dropout=spec.attn_dropout if run.dropout is None else float(run.dropout),
+                  lora_dropout=float(run.lora_dropout) if lora else None,
+                  adapter_dtype=run.adapter_label(),
+                  optimizer_impl=run.optimizer_impl,
+                  batch=batch, micro_batch=step_batch, accumulation=accumulation, set_to_none=bool(run.set_to_none),
+                  seq=seq, checkpointing=bool(run.checkpointing), semantics=semantics, gpus=gpus, zero=zero,
+                  sharding=sharding, rank_index=run.rank_index,
                   gpu=None if card is None else card.aliases[0], spec=src.describe() if src is not None else None)
     model_state = {"weights_trainable": states.weights_trainable, "weights_frozen": states.weights_frozen,
                    "gradients": states.gradients, "optimizer": states.optimizer}
@@ -380,30 +352,36 @@ def estimate(model: Union[str, Any] = "small", method: str = "full", rank: int =
                     communication=comm.get(phase, 0))
 
 
-def _card(gpu: Any, precision: str):
-    """The GpuSpec of ``gpu`` (None stays None); bf16 on a card without it is one clear error."""
-    if gpu is None:
-        return None
-    from ..gpus import GpuSpec
-    from ..gpus import gpu as by_name
-    try:
-        card = gpu if isinstance(gpu, GpuSpec) else by_name(str(gpu))
-    except ValueError as e:
-        raise EstimateError(str(e)) from None
-    if "bf16" in precision and not card.bf16:
-        raise EstimateError(f"the {card.aliases[0].upper()} ({card.sm_name}) has no bf16; use amp-fp16 or fp32.")
-    return card
-
-
-def accumulation_steps(batch: int, micro_batch: Optional[int]) -> tuple[int, int]:
-    """(rows per forward, micro-batches per optimizer step) for ``batch`` split into ``micro_batch``."""
-    if micro_batch is None:
-        return batch, 1
-    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or not 1 <= micro_batch <= batch \
-            or batch % micro_batch:
-        raise EstimateError(f"micro_batch must be a positive divisor of batch={batch} (the rows of one forward), "
-                            f"got {micro_batch!r}.")
-    return micro_batch, batch // micro_batch
+def _notes(run: RunSpec, states, card, ctx: _Ctx, spec: ModelSpec) -> list[str]:
+    """What the estimate assumed, in words (Estimate.notes)."""
+    notes = []
+    precision = run.precision
+    if run.optimizer.startswith("paged"):
+        notes.append(f"paged optimizer: {fmt_bytes(states.paged)} of state (tensors >= 100,000 elements) live "
+                     "in CUDA unified memory and page out to host RAM under pressure; counted as 0 GPU bytes "
+                     "at the peak (an upper bound adds them back).")
+    if states.host and run.semantics == "cuda":
+        notes.append(f"{'Adafactor' if run.optimizer == 'adafactor' else 'AdamW'} step counters ({states.host} B) "
+                     f"live on the host ({'torch.optim.Adafactor' if run.optimizer == 'adafactor' else 'non-capturable AdamW'}).")
+    if precision == "fp16-master":
+        notes.append("fp16-master: fp16 weights and gradients, fp32 master weights counted in optimizer "
+                     "(the ZeRO paper's K = 12 bytes per parameter for Adam).")
+    if precision.startswith("amp") and run.method == "full":
+        notes.append("autocast keeps a 16-bit copy of every Linear weight through the step (weight_copies): "
+                     "16 persistent bytes per parameter + 2 at the peak.")
+    if card is not None and run.attention == "sdpa" and run.semantics == "cuda":
+        el = 2 if precision != "fp32" else 4
+        notes.append(f"SDPA on the {card.name} ({card.sm_name}): {sdpa_kernel(ctx, el, spec.attn_dropout)} kernel "
+                     "(gpus.sdpa_backend)" + (" -- a wheel with cuDNN > 9.15.0 runs cuDNN attention here instead "
+                                              "(pytorch/pytorch#162073), which is not modelled." if card.sm[0] in (9, 10)
+                                              and el == 2 else "."))
+    if run.accumulation > 1:
+        notes.append(f"gradient accumulation: {run.accumulation} micro-batches of {run.step_batch}; from the second on "
+                     "the gradients are alive through forward and backward (autograd adds into them).")
+    elif not run.set_to_none:
+        notes.append("zero_grad(set_to_none=False): the zeroed gradients stay allocated through forward and "
+                     "backward (autograd adds into them).")
+    return notes
 
 
 def asdict_shallow(spec: ModelSpec) -> dict:

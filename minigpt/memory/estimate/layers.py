@@ -88,7 +88,7 @@ class _Walk(_WalkCore):
         """minigpt.lora.LoRALinear: y + s * B(A(x)), adapters in the adapter dtype."""
         c = self.c
         r = c.rank
-        ab = c.wb   # adapter dtype (fp32, or cast with a pure 16-bit model)
+        ab = c.ab   # adapter dtype (fp32, cast with a pure 16-bit model, or adapter_dtype's)
         # the module's argument x, the base layer's output y and x.to(A.dtype) (the forward's
         # local variables) are referenced until LoRALinear.forward returns
         outer = self._keep
@@ -101,15 +101,18 @@ class _Walk(_WalkCore):
         ka, kb = name + ".A", name + ".B"
         if c.amp:
             xl = self.cast(xa, 2)          # autocast: the 16-bit copy the matmul saves
-            self.to_cache(ka, 2 * r * fin)
-            self.to_cache(kb, 2 * r * fout)
+            cast = ab == 4                 # autocast casts (and caches) fp32 leaves only: 16-bit adapters are used as they are
+            if cast:
+                self.to_cache(ka, 2 * r * fin)
+                self.to_cache(kb, 2 * r * fout)
             self.save(xl, "LoRA inputs")
-            if x.grad:                     # casts of A and B saved for the input's gradient
+            if x.grad and cast:            # casts of A and B saved for the input's gradient
                 self.hold(ka, 2 * r * fin)
             h = _T(rows * r, 2, True)
             self.record("lora_A", [xl], [h], [(ka, r * fin, 2, ab)])
             self.save(h, "LoRA rank-r")
-            self.hold(kb, 2 * r * fout)
+            if cast:
+                self.hold(kb, 2 * r * fout)
             delta = _T(rows * fout, 2, True)
             self.record("lora_B", [h], [delta], [(kb, r * fout, 2, ab)])
         else:

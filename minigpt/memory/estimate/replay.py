@@ -57,6 +57,9 @@ def _optimizer_temporaries(states: _States, optimizer: str, precision: str, sema
     sizes = [n * b for _, n, b in states.trainable]
     if not sizes:
         return 0
+    if optimizer == "adafactor":
+        return adafactor_temporaries([(n, b, states.rows.get(name, 0)) for name, n, b in states.trainable],
+                                     foreach=semantics == "cuda")
     if optimizer == "adamw":
         if precision == "fp16-master":   # fp32 master copies: the update reads fp32 gradients
             return max(4 * n for _, n, _ in states.trainable) * 2
@@ -72,6 +75,45 @@ def _optimizer_temporaries(states: _States, optimizer: str, precision: str, sema
     if precision == "fp16-master":
         return max(4 * n for _, n, _ in states.trainable)
     return 0
+
+
+def adafactor_temporaries(tensors: list[tuple[int, int, int]], foreach: bool) -> int:
+    """Largest temporaries of torch.optim.Adafactor's step over ``tensors`` [(numel, bytes, rows)] in
+    parameter order (rows 0: a 1-D tensor), torch/optim/_adafactor.py. Per matrix: the row and column
+    means of grad**2 (rows, cols), then ``var_estimate = row_var @ col_var`` (numel) that becomes the
+    update; per vector: ``grad * grad`` and ``variance.clone()`` (numel each). The for-loop keeps the
+    previous tensor's locals until they are reassigned; foreach (CUDA's default) makes one group
+    (dtype, matrix or vector) at once, the previous group's updates still referenced."""
+    best = 0
+    if foreach:
+        groups: dict = {}
+        for n, b, rows in tensors:
+            groups.setdefault((b, rows > 0), []).append((n, rows))
+        prev = 0
+        for (b, matrix), ts in groups.items():
+            var = sum(n for n, _ in ts) * b
+            if matrix:
+                best = max(best, prev + sum(r for _, r in ts) * b, prev + sum(n // r for n, r in ts) * b,
+                           prev + var + len(ts) * b)      # + row_var.mean(-2): one element per matrix
+            else:
+                best = max(best, prev + var)               # grad * grad, freed, then the clones
+            prev = var
+        return best
+    live = {"var": 0, "sq": 0, "row": 0, "col": 0}
+
+    def make(local: str, nbytes: int, extra: int = 0) -> None:
+        nonlocal best
+        best = max(best, sum(live.values()) + nbytes + extra)
+        live[local] = nbytes
+    for n, b, rows in tensors:
+        if rows:
+            make("row", rows * b)
+            make("col", n // rows * b)
+            make("var", n * b, b)
+        else:
+            make("sq", n * b)
+            make("var", n * b)
+    return best
 
 
 def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_scale: int = 1,

@@ -71,19 +71,24 @@ class FsdpPlan:
         return self.world * self.trainable_shard.get(unit, 0)
 
 
-def shard_states(spec: ModelSpec, st: _States, precision: str, optimizer: str, semantics: str,
-                 gpus: int, zero: int, sharding: str, rank: int, wb: int) -> FsdpPlan | None:
-    """Replace ``st``'s weights, gradients and optimizer bytes by what ``rank`` holds; return the
-    FSDP2 plan for the replay (None for the other implementations). ``wb``: bytes per weight."""
+def check_sharding(sharding: str, zero: int, gpus: int, rank: int) -> None:
+    """One sentence for a sharding the rules below do not describe (RunSpec calls it)."""
     if sharding not in SHARDINGS:
         raise EstimateError(f"sharding must be one of {', '.join(SHARDINGS)}, got {sharding!r}.")
-    if not 0 <= rank < gpus:
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < gpus:
         raise EstimateError(f"rank_index={rank} is not a rank of {gpus} GPUs; use 0 to {gpus - 1}.")
     if sharding == "fsdp2" and zero != 3:
         raise EstimateError("sharding='fsdp2' shards parameters, gradients and optimizer state: use zero=3.")
     if sharding == "ddp" and zero > 1:
         raise EstimateError("sharding='ddp' replicates weights and gradients (zero=0) or shards the "
                             "optimizer state (zero=1, ZeroRedundancyOptimizer); use zero=0 or 1.")
+
+
+def shard_states(spec: ModelSpec, st: _States, precision: str, optimizer: str, semantics: str,
+                 gpus: int, zero: int, sharding: str, rank: int, wb: int) -> FsdpPlan | None:
+    """Replace ``st``'s weights, gradients and optimizer bytes by what ``rank`` holds; return the
+    FSDP2 plan for the replay (None for the other implementations). ``wb``: bytes per weight."""
+    check_sharding(sharding, zero, gpus, rank)
     if sharding == "flat":
         return None
     if st.nf4_linear:

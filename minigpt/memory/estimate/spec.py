@@ -13,7 +13,7 @@ METHODS = ("full", "lora", "qlora")
 PRECISIONS = tuple(PRECISION_TABLE)   # minigpt/precision.py: the one table of precision names
 
 
-OPTIMIZERS = ("adamw", "sgd", "adamw-8bit", "paged-adamw", "paged-adamw-8bit")
+OPTIMIZERS = ("adamw", "sgd", "adamw-8bit", "paged-adamw", "paged-adamw-8bit", "adafactor")
 # torch's implementations of AdamW (optimizer_impl): the device's default, or one of the three
 OPTIMIZER_IMPLS = ("default", "for-loop", "foreach", "fused")
 

@@ -22,7 +22,7 @@ SHORTHAND = {
     "o": ("o_proj", "attention.output.dense", "out_lin", "o", "attention.dense", "attn.c_proj", "out_proj"),
 }
 HEADS = ("classifier", "score")                      # sequence-classification heads: trained in full
-TRACEABLE_OPTIMIZERS = ("adamw", "sgd")
+TRACEABLE_OPTIMIZERS = ("adamw", "sgd", "adafactor")
 
 
 class _BuildError(ValueError):
@@ -46,22 +46,22 @@ def resolve_hf_targets(names: list[str], targets: Any) -> Any:
     return tuple(dict.fromkeys(out))
 
 
-def adapted_factory(src, method: str = "full", rank: int = 8, alpha: float = 16.0, targets: Any = "q,v",
-                    double_quant: bool = False, precision: str = "fp32", attention: str = "sdpa", seed: int = 0,
-                    lora_dropout: float = 0.0) -> tuple[Callable, dict]:
+def adapted_factory(src, run, seed: int = 0) -> tuple[Callable, dict]:
     """(zero-argument builder of the model ``src`` (hf_models.Resolved) describes, with LoRA or QLoRA
-    applied, for measure_step; a dict that the builder fills with the resolved targets)."""
+    applied as ``run`` (a RunSpec) says, for measure_step; a dict that the builder fills with the
+    resolved targets)."""
     import torch
     from .. import hf_models
     from ...lora import _is_linear, apply_lora
     from ...nf4 import quantize_model
     from ...precision import compute_dtype
     info: dict = {"targets": None, "conv1d": 0}
-    compute = compute_dtype(precision)
+    compute = compute_dtype(run.precision)
+    method = run.method
 
     def make():
         torch.manual_seed(seed)
-        model = hf_models.build_model(src.config, attention)
+        model = hf_models.build_model(src.config, run.attention)
         if method == "full":
             return model
         info["conv1d"] = hf_models.linears_as_nn_linear(model)
@@ -69,13 +69,14 @@ def adapted_factory(src, method: str = "full", rank: int = 8, alpha: float = 16.
         out_names = tuple(n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is out and n)
         heads = tuple(h for h in HEADS if any(n.split(".")[-1] == h for n, _ in model.named_modules()))
         if method == "qlora":
-            quantize_model(model, skip=("lm_head", *out_names, *heads), double_quant=double_quant,
+            quantize_model(model, skip=("lm_head", *out_names, *heads), double_quant=run.double_quant,
                            compute_dtype=compute)
         names = [n for n, m in model.named_modules() if _is_linear(m)]
-        tg = resolve_hf_targets(names, targets)
+        tg = resolve_hf_targets(names, run.targets)
         info["targets"] = tg if isinstance(tg, str) else ",".join(tg)
         try:
-            apply_lora(model, rank, alpha, dropout=lora_dropout, targets=tg, trainable=heads)
+            apply_lora(model, run.rank, run.alpha, dropout=run.lora_dropout, targets=tg, trainable=heads,
+                       adapter_dtype=run.adapter_torch_dtype())
         except ValueError as e:
             raise _BuildError(str(e)) from None
         return model
@@ -92,59 +93,50 @@ def measured_model_state(report) -> dict:
             "gradients": grads, "optimizer": report.start["optimizer"]}
 
 
-def trace(src, method: str = "full", rank: int = 8, alpha: float = 16.0, targets: Any = "q,v",
-          double_quant: bool = False, precision: str = "fp32", optimizer: str = "adamw", attention: str = "sdpa",
-          batch: int = 1, seq: int = 128, checkpointing: bool = False, semantics: str = "cuda", mode: str = "fake",
-          lora_dropout: float = 0.0, gpu: Any = None, accumulation: int = 1, set_to_none: bool = True,
-          events: Optional[list] = None, optimizer_impl: str = "default"):
-    """(MemoryReport of one step of ``src``'s model, the builder's info); ``gpu``: the card whose SDPA
-    kernel the CUDA rules pick (cuda_rules.on_card). Bad arguments: EstimateError."""
+def trace(src, run, mode: str = "fake", gpu: Any = None, events: Optional[list] = None):
+    """(MemoryReport of one step of ``src``'s model as ``run`` (a RunSpec) describes it, the builder's
+    info); ``gpu``: the card whose SDPA kernel the CUDA rules pick (cuda_rules.on_card). Bad
+    arguments: EstimateError."""
     from .. import cuda_rules, hf_models
     from ..measure import measure_step
-    for name, v in (("batch", batch), ("seq", seq), ("rank", rank)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise EstimateError(f"{name} must be a positive integer, got {v!r}.")
+    from .run import check_int64
+    seq, batch = run.seq, run.step_batch
     limit = hf_models.max_positions(src.config)
     if limit is not None and seq > limit:
         raise EstimateError(f"seq={seq} is longer than {src.name}'s {limit} positions; use seq <= {limit} "
                             f"(or a config with rope_scaling).")
-    make, info = adapted_factory(src, method, rank, alpha, targets, double_quant, precision, attention,
-                                 lora_dropout=lora_dropout)
+    width = max(getattr(src.config, "vocab_size", 0) or 0, getattr(src.config, "hidden_size", 0) or 0)
+    check_int64(4 * batch * seq * width, run.batch, seq)      # one fp32 (batch, seq, width) tensor
+    make, info = adapted_factory(src, run)
     data = hf_models.make_batch(src.config, batch, seq)
     try:
         with cuda_rules.on_card(gpu):
-            rep = measure_step(make, data, optimizer=optimizer, precision=precision, checkpointing=checkpointing,
-                               mode=mode, semantics=semantics, accumulation=accumulation, set_to_none=set_to_none,
-                               events=events, optimizer_impl=optimizer_impl)
+            rep = measure_step(make, data, optimizer=run.optimizer, precision=run.precision,
+                               checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
+                               accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
+                               optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None)
     except (_BuildError, hf_models.ConfigError) as e:
         raise EstimateError(str(e)) from None
     return rep, info
 
 
-def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: float = 16.0,
-                    targets: Any = "q,v", double_quant: bool = False, precision: str = "fp32",
-                    optimizer: str = "adamw", attention: str = "sdpa", batch: int = 1, seq: int = 128,
-                    checkpointing: bool = False, semantics: str = "cuda", gpus: int = 1, zero: int = 0,
-                    sharding: str = "flat", head_trainable: bool = True, lora_dropout: float = 0.0,
-                    gpu: Any = None, accumulation: int = 1, set_to_none: bool = True,
-                    optimizer_impl: str = "default") -> Estimate:
-    """An Estimate from a fake-tensor trace of the step (see the module docstring); ``why`` says why
-    the closed form does not apply (closed_form_reason)."""
+def traced_estimate(src, why: str, run, gpu: Any = None) -> Estimate:
+    """An Estimate from a fake-tensor trace of the step ``run`` (a RunSpec) describes (see the module
+    docstring); ``why`` says why the closed form does not apply (closed_form_reason)."""
     from ...precision import RUNNABLE
     from ..measure import label_for
+    method, precision, optimizer = run.method, run.precision, run.optimizer
     if precision not in RUNNABLE or optimizer not in TRACEABLE_OPTIMIZERS:
         raise EstimateError(f"{why}, and its fake-tensor trace runs precision {', '.join(RUNNABLE)} with optimizer "
-                            f"{' or '.join(TRACEABLE_OPTIMIZERS)} only; change --precision/--optimizer.")
-    if gpus != 1 or zero != 0 or sharding != "flat":
+                            f"{', '.join(TRACEABLE_OPTIMIZERS)} only; change --precision/--optimizer.")
+    if run.gpus != 1 or run.zero != 0 or run.sharding != "flat":
         raise EstimateError(f"{why}, and its fake-tensor trace runs one device; drop --gpus, --zero and --sharding.")
-    if not head_trainable:
+    if not run.head_trainable:
         raise EstimateError(f"{why}, and its fake-tensor trace trains the classifier head; use head_trainable=True.")
     if method == "qlora" and precision in ("bf16", "fp16"):
         raise EstimateError(f"{why}, and its fake-tensor trace cannot run qlora with pure 16-bit weights; use "
                             f"amp-bf16 or amp-fp16.")
-    rep, info = trace(src, method, rank, alpha, targets, double_quant, precision, optimizer, attention, batch, seq,
-                      checkpointing, semantics, "fake", lora_dropout, gpu, accumulation, set_to_none,
-                      optimizer_impl=optimizer_impl)
+    rep, info = trace(src, run, "fake", gpu)
     note = f"traced on fake tensors ({why})"
     if info["conv1d"]:
         note += f"; its {info['conv1d']} Conv1D layers traced as nn.Linear of the same shape (same bytes)"
@@ -152,16 +144,18 @@ def traced_estimate(src, why: str, method: str = "full", rank: int = 8, alpha: f
     drop = [v for k, v in cfg.to_dict().items() if ("dropout" in k or "pdrop" in k)
             and isinstance(v, (int, float)) and not isinstance(v, bool)]
     lora = method != "full"
-    config = dict(model=src.name, method=method, rank=rank if lora else None, alpha=alpha if lora else None,
-                  targets=info["targets"] if lora else None, double_quant=bool(double_quant), precision=precision,
-                  optimizer=optimizer, attention=attention, dropout=max(drop, default=0.0),
-                  lora_dropout=float(lora_dropout) if lora else None, batch=batch * accumulation, micro_batch=batch,
-                  accumulation=accumulation, set_to_none=bool(set_to_none), optimizer_impl=optimizer_impl, seq=seq,
-                  checkpointing=bool(checkpointing), semantics=semantics, gpus=1, zero=0, sharding="flat",
-                  rank_index=0, gpu=None if gpu is None else gpu.aliases[0], spec=src.describe())
+    config = dict(model=src.name, method=method, rank=run.rank if lora else None, alpha=run.alpha if lora else None,
+                  targets=info["targets"] if lora else None, double_quant=bool(run.double_quant), precision=precision,
+                  optimizer=optimizer, attention=run.attention, dropout=max(drop, default=0.0),
+                  lora_dropout=float(run.lora_dropout) if lora else None,
+                  adapter_dtype=run.adapter_label(), batch=run.batch,
+                  micro_batch=run.step_batch, accumulation=run.accumulation, set_to_none=bool(run.set_to_none),
+                  optimizer_impl=run.optimizer_impl, seq=run.seq, checkpointing=bool(run.checkpointing),
+                  semantics=run.semantics, gpus=1, zero=0, sharding="flat", rank_index=0,
+                  gpu=None if gpu is None else gpu.aliases[0], spec=src.describe())
     fwd = rep.phases.get("forward", {}).get("buckets", {})
     return Estimate(peak=rep.peak, buckets=dict(rep.buckets), peak_phase=rep.peak_phase,
                     phases={p: {"peak": v["peak"], "buckets": dict(v["buckets"])} for p, v in rep.phases.items()},
                     model_state=measured_model_state(rep), activations=fwd.get("activations", 0), config=config,
                     n_params=rep.n_params, n_trainable=rep.n_trainable, notes=[note],
-                    label="estimated by a fake-tensor trace, not a closed form: " + label_for("fake", semantics))
+                    label="estimated by a fake-tensor trace, not a closed form: " + label_for("fake", run.semantics))

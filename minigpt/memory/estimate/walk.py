@@ -52,6 +52,7 @@ class _Ctx:
     checkpointing: bool = False
     lora_p: float = 0.0     # LoRA dropout on each adapter's input (minigpt.lora / peft lora_dropout)
     card: Any = None        # gpus.GpuSpec whose SDPA kernel the CUDA semantics follow (None: flash for 16-bit)
+    adapter_bytes: int = 0  # bytes per adapter element (0: as the weights)
 
     @property
     def N(self) -> int:
@@ -64,6 +65,11 @@ class _Ctx:
     @property
     def wb(self) -> int:
         return _param_bytes(self.precision)
+
+    @property
+    def ab(self) -> int:
+        """Bytes per adapter element: fp32, cast with a pure 16-bit model, or RunSpec.adapter_dtype's."""
+        return self.adapter_bytes or self.wb
 
     @property
     def lp(self) -> int:

@@ -4,10 +4,9 @@ QLoRA (Dettmers et al. 2023) keeps every frozen weight in 4 bits:
 
 1. Cut the flattened weight into blocks of ``blocksize`` (64) values and remember each
    block's largest magnitude, ``absmax`` (one float32 per block).
-2. Divide the block by its absmax, so every value lands in [-1, 1], and replace it by the
-   index (0..15) of the nearest of 16 fixed levels, ``NF4_CODE``. The levels are quantiles of
-   a standard normal distribution, because trained weights are roughly normal: each level
-   then stands for about the same number of weights.
+2. Divide the block by its absmax, so every value lands in [-1, 1], and replace it by the index
+   (0..15) of the nearest of 16 fixed levels, ``NF4_CODE``: quantiles of a standard normal, since
+   trained weights are roughly normal, so each level stands for about as many weights.
 3. Pack two 4-bit indices into each byte.
 
 ``dequantize_nf4`` reverses it: ``weight = NF4_CODE[index] * absmax``. That costs 4 bits per
@@ -15,9 +14,8 @@ weight plus 32 bits per block of 64 (0.5 bits per weight) for the scales. *Doubl
 quantisation* stores the scales themselves in 8 bits (blocks of 256, with the mean subtracted
 first), which brings the total from 4.5 to about 4.127 bits per weight.
 
-Everything here reproduces ``bitsandbytes.functional.quantize_4bit(..., quant_type="nf4")`` on
-the CPU byte for byte (``tests/core/test_nf4.py`` checks it); comments mark the places where we
-follow the library's exact arithmetic.
+Everything here reproduces ``bitsandbytes.functional.quantize_4bit(..., quant_type="nf4")`` on the
+CPU byte for byte (tests/core/test_nf4.py); comments mark where we follow its exact arithmetic.
 
     q = quantize_nf4(w)                  # NF4Tensor: packed codes + scales
     w_hat = dequantize_nf4(q)            # same shape and dtype as w
@@ -33,6 +31,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .nf4_threads import decode_on_threads
 
 BLOCKSIZE = 64                # QLoRA's block size: one absmax per 64 weights (the default everywhere here)
 DOUBLE_QUANT_BLOCKSIZE = 256  # bitsandbytes quantises the scales in blocks of 256
@@ -93,10 +93,9 @@ _NF4_MIDPOINTS = ((NF4_CODE[:-1] + NF4_CODE[1:]) / 2).tolist()                  
 _DYNAMIC_MIDPOINTS = ((DYNAMIC_CODE_8BIT[:-1] + DYNAMIC_CODE_8BIT[1:]) / 2).tolist()  # 255 floats
 _NF4_ZERO_INDEX = NF4_CODE.tolist().index(0.0)               # 7: pads an odd-length tensor
 
-# Dequantisation lookup table: a packed byte -> its two levels (high nibble first), so one
-# gather decodes two weights and needs no shifts or masks. Each row of two float32 is viewed
-# as one 8-byte integer, so the gather copies one 8-byte word per byte instead of a row of a
-# 2-D table, which is faster (benchmarks/bench_from_scratch.py); the bits are only copied.
+# Dequantisation lookup table: a packed byte -> its two levels (high nibble first): one gather
+# decodes two weights, no shifts or masks. Each row of two float32 is viewed as one 8-byte word,
+# faster to gather than a row of a 2-D table (benchmarks/bench_from_scratch.py).
 _BYTE_TO_PAIR = torch.stack([NF4_CODE.repeat_interleave(16), NF4_CODE.repeat(16)], dim=1)  # (256, 2)
 _BYTE_TO_PAIR_WORDS = _BYTE_TO_PAIR.view(torch.int64).view(256).tolist()                # 256 ints
 # Large weights read two bytes at a time instead: a uint16 (little-endian: the first byte is the
@@ -243,15 +242,12 @@ def _quantize_scales(absmax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, 
     divided by its own absmax (times the reciprocal, like the 4-bit path) and rounded to one
     of the 256 dynamic levels.
 
-    The rounding follows bitsandbytes' CPU kernel (C++), which does it in two steps so that it
-    can use a lookup table instead of a search: it first snaps x in [-1, 1] to the nearest of
-    65,536 evenly spaced points (``t = ((x + 1) * 0.5) * 65535 + 0.5``, truncated), then
-    takes the level nearest that point. We do the same two steps, so our codes equal the
-    library's. Rounding x straight to its nearest level would give another code for 0.1-0.2%
-    of the scales of a Gaussian weight: near-ties, within half a grid step (1 / 65535)
-    of a midpoint between two levels. The other code is usually the neighbouring level, and
-    only further away among the finest levels near 0, which lie closer together than one
-    grid step. ``tests/core/test_nf4.py`` characterises these differences.
+    The rounding follows bitsandbytes' CPU kernel (C++), in two steps so that it can use a lookup
+    table instead of a search: snap x in [-1, 1] to the nearest of 65,536 evenly spaced points
+    (``t = ((x + 1) * 0.5) * 65535 + 0.5``, truncated), then take the level nearest that point.
+    Rounding x straight to its nearest level would give another code for 0.1-0.2% of the scales
+    of a Gaussian weight (near-ties within half a grid step of a midpoint; tests/core/test_nf4.py
+    characterises them), so we do the same two steps and our codes equal the library's.
     """
     offset = absmax.mean()
     centred = absmax - offset                                                 # (n_blocks,)
@@ -358,22 +354,31 @@ def _quad_table(words: torch.Tensor) -> torch.Tensor:
 def _decode_levels(packed: torch.Tensor) -> torch.Tensor:
     """The levels of every packed byte, high nibble first: (2 * n_bytes,) float32, unscaled."""
     words = _table(_BYTE_TO_PAIR_WORDS, packed, torch.int64)                  # (256,) = (256, 2) levels
-    n_bytes = packed.numel()
-    if (n_bytes * 2 >= _QUAD_MIN_NUMEL and n_bytes % 2 == 0 and _LITTLE_ENDIAN
-            and packed.is_contiguous() and packed.storage_offset() % 2 == 0):
+    if _reads_pairs(packed):
         pairs_of_bytes = packed.view(torch.uint16).int()                            # (n_bytes / 2,)
         return _quad_table(words).index_select(0, pairs_of_bytes).view(torch.float32)
     return words.index_select(0, packed.int()).view(torch.float32)             # (n_bytes,) words
+
+
+def _reads_pairs(packed: torch.Tensor) -> bool:  # decoded two bytes at a time: large, even, aligned
+    return (packed.numel() * 2 >= _QUAD_MIN_NUMEL and packed.numel() % 2 == 0 and _LITTLE_ENDIAN
+            and packed.is_contiguous() and packed.storage_offset() % 2 == 0)
 
 
 def dequantize_nf4(q: NF4Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     """The float tensor an NF4Tensor stands for: level * block scale, in ``q.dtype`` (or ``dtype``).
 
     The product is formed in float32 and rounded once to the output dtype, as bitsandbytes does.
-    One gather from a lookup table, then one in-place multiply by the block scales.
+    One gather from a lookup table, then one in-place multiply by the block scales; a large real
+    weight on several threads is cut into one slice per thread (minigpt/nf4_threads.py).
     """
-    levels = _decode_levels(q.packed)[:q.numel]            # (2 * n_bytes,) -> (n,) float32
-    w = _scale_blocks_(levels, q.scales(), q.blocksize)
+    p, threads = q.packed, torch.get_num_threads()
+    if threads > 1 and _reads_pairs(p) and torch._C._len_torch_dispatch_stack() == 0 and _is_concrete(p):
+        table = _quad_table(_table(_BYTE_TO_PAIR_WORDS, p, torch.int64))     # (65536,) 4 levels a row
+        w = decode_on_threads(table, p.view(torch.uint16).int(), q.scales(), q.blocksize, _scale_blocks_, threads)[:q.numel]
+    else:
+        levels = _decode_levels(q.packed)[:q.numel]        # (2 * n_bytes,) -> (n,) float32
+        w = _scale_blocks_(levels, q.scales(), q.blocksize)
     return w.view(q.shape).to(dtype or q.dtype)
 
 

@@ -101,6 +101,42 @@ def test_large_weights_decode_like_bitsandbytes(shape):
     assert torch.equal(dequantize_nf4(q, torch.bfloat16), theirs.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("blocksize", [4, 64, 4096])
+def test_the_decode_on_threads_gives_the_one_pass_bits(threads, blocksize):
+    # minigpt/nf4_threads.py cuts a large weight into one slice per torch thread (whole blocks
+    # each, the short last block in the last slice); the memory tools trace the one-pass decode
+    import minigpt.nf4 as nf4
+    w = weight((1024, 1031))                               # 2^20 + 7168 weights: a short last block
+    q = quantize_nf4(w, blocksize, double_quant=blocksize == 64)
+    one_pass = nf4._scale_blocks_(nf4._decode_levels(q.packed)[:q.numel], q.scales(), blocksize).view(q.shape)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        assert torch.equal(dequantize_nf4(q), one_pass)
+        assert torch.equal(dequantize_nf4(q, torch.bfloat16), one_pass.to(torch.bfloat16))
+    finally:
+        torch.set_num_threads(before)
+    if blocksize == 4096 and threads == 2:
+        packed, state = bnb_quantize(w, blocksize)
+        assert torch.equal(dequantize_nf4(quantize_nf4(w, blocksize)), bnb_dequantize(packed, state))
+
+
+def test_the_memory_tools_see_the_one_pass_decode():
+    # a dispatch mode (the tracker) is per thread: under it the decode must not leave this thread,
+    # and its tensors are the threaded decode's (the int32 index, then the float32 output)
+    from minigpt.memory import TensorTracker
+    q = quantize_nf4(weight((1024, 1024)))
+    tracker = TensorTracker()
+    with tracker:
+        out = dequantize_nf4(q)
+    n = q.numel
+    assert torch.equal(out, dequantize_nf4(q))
+    # peak: the (n/4,) int32 index and the (n,) float32 output, beside the 65,536-row table built
+    # afresh under a mode (1 MiB) and what building it takes
+    assert 4 * n + n + 2 ** 20 <= tracker.peak <= 4 * n + n + 2 * 2 ** 20
+
+
 @pytest.mark.parametrize("blocksize", [32, 128, 256, 4096])
 def test_other_blocksizes_match_bitsandbytes(blocksize):
     w = weight((96, 200))                                  # 19,200 values: a short last block

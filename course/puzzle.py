@@ -210,9 +210,8 @@ MINILM_PRECISION = {"fp32": "fp32", "amp-bf16": "amp-fp16"}
 def measured_grid() -> dict:
     """The committed results of ``make benchmark-grid`` (benchmarks/results/forum_grid.json): MiniLM
     trained for real in each of the learner's settings, one tracked step per setting, the estimate."""
-    import json
-    from minigpt.paths import ROOT
-    return json.loads((ROOT / "benchmarks" / "results" / "forum_grid.json").read_text(encoding="utf-8"))
+    from minigpt.paths import committed_results
+    return committed_results("forum_grid.json")
 
 
 def measured_cell(d: dict, precision: str, method: str, scale: int) -> dict:

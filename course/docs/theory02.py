@@ -39,9 +39,8 @@ def figures() -> dict[str, str]:
 
 def minilm_runs() -> dict:
     """The committed results of `make benchmark-minilm` (benchmarks/bench_minilm.py)."""
-    import json
-    from minigpt.paths import ROOT
-    return json.loads((ROOT / "benchmarks" / "results" / "minilm.json").read_text(encoding="utf-8"))
+    from minigpt.paths import committed_results
+    return committed_results("minilm.json")
 
 
 def minilm_figures() -> dict[str, str]:

@@ -215,9 +215,8 @@ def t_learner(lang: str) -> str:
 
 def sharded_runs() -> dict:
     """The committed measurement of `make benchmark-sharded` (benchmarks/bench_sharded.py)."""
-    import json
-    from minigpt.paths import ROOT
-    return json.loads((ROOT / "benchmarks" / "results" / "sharded_cpu.json").read_text(encoding="utf-8"))
+    from minigpt.paths import committed_results
+    return committed_results("sharded_cpu.json")
 
 
 def sharded_figures() -> dict[str, str]:
@@ -352,10 +351,8 @@ def grid_runs() -> dict:
 
 def grid_bug_run() -> dict:
     """The first run of `make benchmark-grid`, whose bf16 runs trained on stale autocast copies."""
-    import json
-
-    from minigpt.paths import ROOT
-    return json.loads((ROOT / "benchmarks" / "results" / "forum_grid_one_autocast_context.json").read_text(encoding="utf-8"))
+    from minigpt.paths import committed_results
+    return committed_results("forum_grid_one_autocast_context.json")
 
 
 GRID_ORDER = [(p, s, m) for p in ("fp32", "amp-bf16") for s in (1, 8) for m in ("full", "lora")]

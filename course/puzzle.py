@@ -196,10 +196,10 @@ def polling_run(precision: str, method: str, scale: int = SCALE, steps: int = PO
     from minigpt import nf4  # noqa: F401 - its code tables must be built outside FakeTensorMode
     from minigpt.memory.polling import record_steps
     from minigpt.memory.zoo import make_batch
-    from .traces import _build_for_trace
-    s = spec(precision, method, scale)
+    from minigpt.memory.compare import build_factory
+    make = build_factory(spec(precision, method, scale).run_spec())
     batches = [make_batch(MODEL, BATCH, T, seed=i) for i, T in enumerate(polling_lengths(scale, steps))]
-    return record_steps(lambda: _build_for_trace(s), batches, precision=precision, card=card)
+    return record_steps(make, batches, precision=precision, card=card)
 
 
 # --------------------------------------------------- the same grid, trained on MiniLM (make benchmark-grid)

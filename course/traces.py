@@ -23,7 +23,9 @@ ALL_LINEAR = "all-linear"
 
 @dataclass(frozen=True)
 class TraceSpec:
-    """One training step to trace on fake tensors with simulated CUDA semantics."""
+    """One training step to trace on fake tensors with simulated CUDA semantics: the theory files'
+    names for a minigpt.memory RunSpec (``run_spec()``), which builds and measures it. The fields
+    (and so the keys of theory/traces.json) are the ones the theory was written with."""
     model: str                    # a minigpt.memory.zoo name
     batch: int
     seq: int
@@ -49,11 +51,40 @@ class TraceSpec:
                 del d[k]
         return json.dumps(d, sort_keys=True)
 
+    def run_spec(self):
+        """The same step as a RunSpec. A base loaded in 16 bits (``base_dtype``) without autocast is
+        RunSpec's pure 16-bit precision; its adapters stay fp32 (``adapter_dtype="fp32"``) or are the
+        base's ("base"). The adapters' alpha is 2r; ``dropout`` is LoRA's, ``model_dropout`` the model's."""
+        from minigpt.memory import RunSpec
+        kw = dict(model=self.model, method=self.method, batch=self.batch, seq=self.seq, precision=self.precision,
+                  checkpointing=self.checkpointing, attention=self.attention, semantics=self.semantics,
+                  dropout=self.model_dropout)
+        lora = self.method in ("lora", "qlora")
+        if self.base_dtype:
+            if self.precision != "fp32":
+                raise ValueError(f"base_dtype={self.base_dtype!r} is a 16-bit base without autocast; use "
+                                 f"precision='fp32' with it (got {self.precision!r}).")
+            kw["precision"] = self.base_dtype
+            if lora:
+                kw["adapter_dtype"] = self.base_dtype if self.adapter_dtype == "base" else "fp32"
+        elif self.adapter_dtype != "fp32":
+            raise ValueError(f"adapter_dtype={self.adapter_dtype!r} needs a 16-bit base; give base_dtype too.")
+        from minigpt.memory.estimate import resolve_model
+        head = ("classifier",) if self.method != "full" and resolve_model(self.model).task == "cls" else ()
+        if tuple(self.trainable) != head:
+            raise ValueError(f"trainable={self.trainable!r}: a run trains in full the head of a classifier (beside "
+                             f"its adapters, or alone with method='head') and nothing else; use trainable={head!r}.")
+        if lora:
+            targets = self.targets if self.targets == ALL_LINEAR else tuple(self.targets)
+            kw.update(rank=self.r, alpha=2 * self.r, targets=targets, lora_dropout=self.dropout)
+        return RunSpec(**kw)
 
-# The modules a trace executes (model, adapters, quantiser, the tracer and its CUDA rules, the zoo).
-# estimate.py, timeline.py, cli.py are not run by a trace, so editing them keeps the cache valid.
+
+# The modules a trace executes (model, adapters, quantiser, the tracer and its CUDA rules, the zoo, the
+# RunSpec and the builder of its model). The estimator (which measure only asks to validate the run),
+# timeline.py, cli.py do not change a trace's bytes, so editing them keeps the cache valid.
 TRACE_CODE = ("model.py", "families.py", "precision.py", "lora.py", "nf4.py", "repro.py", "memory/buckets.py",
-              "memory/cuda_rules.py",
+              "memory/cuda_rules.py", "memory/compare.py", "memory/estimate/run.py",
               "memory/measure.py", "memory/tracker.py", "memory/zoo.py")
 
 
@@ -71,46 +102,11 @@ def _code_hash(files: Optional[dict] = None) -> str:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _build_for_trace(spec: TraceSpec):
-    """The model of a trace, on the meta device (measure_step gives it fake tensors): a zoo model,
-    optionally NF4-quantised (QLoRA), then LoRA-adapted."""
-    from minigpt.lora import apply_lora
-    from minigpt.memory.zoo import build
-    from minigpt.repro import set_seed
-    set_seed(0)
-    overrides = {} if spec.model_dropout is None else dict(
-        hidden_dropout_prob=spec.model_dropout, attention_probs_dropout_prob=spec.model_dropout)
-    m = build(spec.model, device="meta", attn_implementation=spec.attention, **overrides)
-    if spec.base_dtype:   # every floating parameter in 16 bits, as from_pretrained(torch_dtype=...) loads it
-        from minigpt.memory.measure import cast_model   # (Module.to cannot swap tensors inside FakeTensorMode)
-        cast_model(m, {"fp16": torch.float16, "bf16": torch.bfloat16}[spec.base_dtype])
-    if spec.method == "head":   # no adapters: only the modules in `trainable` learn
-        m.requires_grad_(False)
-        for name in spec.trainable:
-            m.get_submodule(name).requires_grad_(True)
-    if spec.method == "qlora":
-        from minigpt.nf4 import quantize_model
-        from minigpt.precision import PRECISIONS
-        p = PRECISIONS[spec.precision]
-        compute = p.compute if p.autocast else torch.float32
-        quantize_model(m, compute_dtype=compute)
-    if spec.method in ("lora", "qlora"):
-        targets = spec.targets if spec.targets == ALL_LINEAR else tuple(spec.targets)
-        adapter_dtype = None if spec.adapter_dtype == "base" else torch.float32
-        apply_lora(m, spec.r, 2 * spec.r, dropout=spec.dropout, targets=targets, trainable=spec.trainable,
-                   adapter_dtype=adapter_dtype)
-    return m
-
-
 def run_trace(spec: TraceSpec) -> dict:
-    """measure_step in fake mode with CUDA semantics; the report as plain integers."""
-    from minigpt.memory import measure_step
-    from minigpt.memory.zoo import make_batch
+    """minigpt.memory.measure of the spec's RunSpec on fake tensors; the report as plain integers."""
+    from minigpt.memory.compare import measure
     from minigpt import nf4  # noqa: F401 - its code tables must be built outside FakeTensorMode
-    batch = make_batch(spec.model, spec.batch, spec.seq)
-    rep = measure_step(lambda: _build_for_trace(spec), batch, precision=spec.precision,
-                       checkpointing=spec.checkpointing, mode="fake", semantics=spec.semantics)
-    d = rep.to_dict()
+    d = measure(spec.run_spec(), mode="fake").to_dict()
     return {k: d[k] for k in ("peak", "buckets", "phases", "peak_phase", "label", "start",
                               "n_params", "n_trainable")}
 

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..precision import RUNNABLE, compute_dtype
 from .buckets import BUCKETS, GiB, MiB, MODEL_STATE_BUCKETS
-from .estimate import (METHODS, Estimate, EstimateError, ResolvedModel, RunSpec, estimate_run,
+from .estimate import (METHODS, Estimate, EstimateError, ResolvedModel, RunSpec, estimate_run, head_plan,
                        resolve_model, resolve_run_model, resolve_targets)
 from .estimate.traced import adapted_factory, measured_model_state, trace
 
@@ -67,8 +67,9 @@ def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
     from ..nf4 import quantize_model   # imported here: its tables cannot be built inside FakeTensorMode
     name = run.model
     overrides = {**dropout_overrides(name, run.dropout), **run.overrides}
-    tg = resolve_targets(m.spec, run.targets)
+    tg = resolve_targets(m.spec, run.targets) if run.method in ("lora", "qlora") else ()
     trainable = ("classifier",) if m.spec.task == "cls" else ()
+    heads = head_plan(m.spec) if run.method == "head" else ()
     compute = compute_dtype(run.precision)
     method = run.method
 
@@ -81,6 +82,10 @@ def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
         if method in ("lora", "qlora"):
             apply_lora(model, run.rank, run.alpha, dropout=run.lora_dropout, targets=tg, trainable=trainable,
                        adapter_dtype=run.adapter_torch_dtype())
+        if method == "head":           # a linear probe: every weight frozen but the head's
+            model.requires_grad_(False)
+            for mod in heads:
+                model.get_submodule(mod).requires_grad_(True)
         return model
     make.__name__ = f"build_{name}_{method}"
     return make
@@ -165,7 +170,7 @@ def compare_table(est: Estimate, rep, unit: str = "auto") -> str:
     c = est.config
     w = 20
     lines = [f"compare: {c['model']} {c['method']}" +
-             (f" r={c['rank']} targets={c['targets']}" if c["method"] != "full" else "") +
+             (f" r={c['rank']} targets={c['targets']}" if c["method"] in ("lora", "qlora") else "") +
              f" {c['precision']} batch={c['batch']} seq={c['seq']} checkpointing={c['checkpointing']}"
              f" optimizer={c['optimizer']} attention={c['attention']}",
              f"estimate: {est.label}",
@@ -236,7 +241,7 @@ def accuracy_grid(models: Sequence[tuple[str, dict]] = DEFAULT_GRID_MODELS,
                     for ck in checkpointing:
                         run = RunSpec(model=name, method=method, rank=rank, targets=targets, precision=prec,
                                       batch=batch, seq=seq, checkpointing=ck, semantics=semantics, overrides=over,
-                                      lora_dropout=lora_dropout if method != "full" else 0.0)
+                                      lora_dropout=lora_dropout if method in ("lora", "qlora") else 0.0)
                         t0 = time.perf_counter()
                         est, rep = compare(run, mode=mode)
                         ms = measured_model_state(rep)

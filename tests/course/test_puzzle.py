@@ -74,3 +74,23 @@ def test_the_claims_of_lab_05_hold():
         puzzle.BATCH, puzzle.seq_len(L), cfg.hidden_size, puzzle.LORA["r"], 2 * cfg.num_hidden_layers)
     assert f16["peak"] < f32["peak"] < mech["pure fp16 full"]["peak"]
     assert mech["fp16 base, fp32 adapters, dropout 0"]["peak"] < f32["peak"]
+
+
+def test_every_trace_is_a_run_spec():
+    """course.traces builds and measures each theory trace from its RunSpec: the mechanisms of lab 05
+    (a 16-bit base, fp16 adapters, the head alone) map onto RunSpec fields, and a TraceSpec that no
+    RunSpec describes is refused in one sentence."""
+    import pytest
+    from course import puzzle
+    from course.traces import TraceSpec
+    mech = puzzle.mechanism_specs()
+    runs = {name: s.run_spec() for name, s in mech.items()}
+    base16 = runs["fp16 base, fp32 adapters"]
+    assert (base16.precision, base16.adapter_dtype, base16.alpha) == ("fp16", "fp32", 16)
+    assert runs["fp16 base, fp16 adapters"].adapter_dtype == "fp16"
+    assert runs["fp16 head only (no adapters)"].method == "head"
+    assert puzzle.spec("amp-fp16", "lora", 8).run_spec().lora_dropout == puzzle.LORA["dropout"]
+    with pytest.raises(ValueError, match="use precision='fp32' with it"):
+        TraceSpec(model="roberta-base", batch=1, seq=8, base_dtype="fp16", precision="amp-fp16").run_spec()
+    with pytest.raises(ValueError, match="use trainable=\\('classifier',\\)"):
+        TraceSpec(model="roberta-base", batch=1, seq=8, method="lora", targets=("query",)).run_spec()

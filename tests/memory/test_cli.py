@@ -81,7 +81,7 @@ def test_measure_and_compare_in_fake_mode(capsys):
 
 
 @pytest.mark.parametrize("argv,expect", [
-    (["estimate", "--method", "dora"], "invalid choice: 'dora' (choose from 'full', 'lora', 'qlora')"),
+    (["estimate", "--method", "dora"], "invalid choice: 'dora' (choose from 'full', 'lora', 'qlora', 'head')"),
     (["estimate", "--precision", "fp8"], "choose from 'fp32', 'amp-fp16', 'amp-bf16', 'bf16', 'fp16', 'fp16-master'"),
     (["estimate", "--optimizer", "lion"], "choose from 'adamw', 'sgd', 'adamw-8bit', 'paged-adamw'"),
     (["estimate", "--attention", "flash"], "choose from 'sdpa', 'eager'"),

@@ -118,16 +118,16 @@ from .forward import forward_walk
 from .replay import batch_bytes, replay_step
 from .run import ADAPTER_DTYPES, RunSpec, accumulation_steps, check_int64
 from .report import LABEL, Estimate
-from .spec import (ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS,
+from .spec import (ADAPTER_METHODS, ATTENTIONS, BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS,
                    PRECISIONS, SEMANTICS, ZERO_STAGES, EstimateError, ModelSpec, PTensor, closed_form_reason,
-                   is_config_source, linear_layers, lora_plan, model_names, n_parameters, parameter_inventory,
+                   head_plan, is_config_source, linear_layers, lora_plan, model_names, n_parameters, parameter_inventory,
                    resolve_config, resolve_model, resolve_targets, spec_from_config, zoo_source)
 from .sharding import SHARDINGS, shard_states  # noqa: F401  (SHARDINGS: the CLI's choices)
 from .states import _param_bytes, _shard, model_states, nf4_bytes
 from .layers import sdpa_kernel
 from .walk import _Ctx
 
-__all__ = ["ADAPTER_DTYPES", "RunSpec", "ResolvedModel", "estimate_run", "resolve_run_model", "ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "OPTIMIZER_IMPLS", "OPTIMIZERS",
+__all__ = ["ADAPTER_DTYPES", "ADAPTER_METHODS", "RunSpec", "ResolvedModel", "estimate_run", "resolve_run_model", "ATTENTIONS", "BNB_8BIT_BLOCK", "BNB_MIN_8BIT_SIZE", "BNB_PAGED_MIN_NUMEL", "METHODS", "head_plan", "OPTIMIZER_IMPLS", "OPTIMIZERS",
            "PRECISIONS", "SEMANTICS", "ZERO_STAGES", "LABEL", "Estimate", "EstimateError", "ModelSpec", "PTensor",
            "accumulation_steps", "asdict_shallow", "batch_bytes", "estimate", "forward_walk", "korthikanti_bytes", "linear_layers",
            "lora_plan", "model_names", "model_states", "n_parameters", "nf4_bytes", "parameter_inventory",
@@ -209,7 +209,8 @@ def estimate(model: Union[RunSpec, str, Any] = "small", *args: Any, **kwargs: An
             n_layer=2, num_hidden_layers=2). LLaMA, Mistral, Qwen2, BERT and RoBERTa are sized in closed
             form; any other architecture is traced on fake tensors (estimate/traced.py) and the
             Estimate's label and its one note say so.
-        method: "full", "lora" or "qlora" (NF4 base, minigpt.nf4 = bitsandbytes' format).
+        method: "full", "lora", "qlora" (NF4 base, minigpt.nf4 = bitsandbytes' format) or "head"
+                (everything frozen but a classification model's head: a linear probe).
         rank, alpha, targets: LoRA rank, scale (bytes do not depend on it) and target layers,
             "all-linear" or names; the shorthand q, k, v, o is resolved per architecture.
             Sequence-classification heads are trained in full (peft's task_type="SEQ_CLS").
@@ -269,7 +270,7 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
     if limit is not None and seq > limit:
         raise EstimateError(f"seq={seq} is longer than {spec.name}'s {limit} positions; use seq <= {limit}"
                             + (" (or a config with rope_scaling)." if spec.family == "llama" else "."))
-    tg = resolve_targets(spec, run.targets) if method != "full" else ()
+    tg = resolve_targets(spec, run.targets) if method in ADAPTER_METHODS else ()
     states = model_states(spec, method, precision, optimizer, rank, tg, run.double_quant, semantics,
                           run.head_trainable, run.adapter_bytes())
     if run.optimizer_impl == "fused" and states.host:   # fused AdamW keeps its step counters on the device
@@ -330,7 +331,7 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
     notes += _notes(run, states, card, ctx, spec)
     if where.get(phase):
         notes.append(f"peak at: {phase}, {where[phase]}.")
-    lora = method != "full"
+    lora = method in ADAPTER_METHODS
     config = dict(model=name, method=method, rank=rank if lora else None, alpha=run.alpha if lora else None,
                   targets=(tg if isinstance(tg, str) else ",".join(tg)) if lora else None,
                   double_quant=bool(run.double_quant), precision=precision, optimizer=optimizer,

@@ -62,7 +62,7 @@ class Estimate:
         lines = [self.label,
                  f"model={c['model']}  method={c['method']}" +
                  (f" (r={c['rank']}, targets={c['targets']}{', double-quant' if c['double_quant'] else ''})"
-                  if c["method"] != "full" else "") +
+                  if c["method"] in ("lora", "qlora") else "") +
                  f"  precision={c['precision']}  optimizer={c['optimizer']}",
                  f"batch={c['batch']}  seq={c['seq']}  attention={c['attention']}  dropout={c['dropout']}  "
                  f"checkpointing={c['checkpointing']}  semantics={c['semantics']}{shard}",

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
 from .sharding import check_sharding
-from .spec import (ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES,
+from .spec import (ADAPTER_METHODS, ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMIZERS, PRECISIONS, SEMANTICS, ZERO_STAGES,
                    EstimateError, _choice)
 
 # adapter dtypes (adapter_dtype): None keeps the default, fp32 adapters that a pure 16-bit model casts
@@ -142,7 +142,7 @@ class RunSpec:
         if self.optimizer == "adafactor" and (self.gpus != 1 or self.zero or self.precision == "fp16-master"):
             raise EstimateError("optimizer='adafactor' is modelled on one GPU with its states in the parameters' "
                                 "dtype; use gpus=1, zero=0 and a precision other than fp16-master.")
-        if self.method != "full":
+        if self.method in ADAPTER_METHODS:
             _positive_int("rank", self.rank)
             a = self.alpha
             if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a < math.inf:
@@ -152,8 +152,12 @@ class RunSpec:
         if self.dropout is not None:
             _probability("dropout", self.dropout)
         _probability("lora_dropout", self.lora_dropout)
-        if self.lora_dropout and self.method == "full":
-            raise EstimateError("lora_dropout applies to the adapters of method='lora' or 'qlora'; drop it for 'full'.")
+        if self.lora_dropout and self.method not in ADAPTER_METHODS:
+            raise EstimateError(f"lora_dropout applies to the adapters of method='lora' or 'qlora'; drop it for "
+                                f"{self.method!r}.")
+        if self.method == "head" and not self.head_trainable:
+            raise EstimateError("method='head' trains only the head, so head_trainable=False would train nothing; "
+                                "drop head_trainable or use another method.")
         self._validate_adapter_dtype()
         card_of(self.gpu, self.precision)
 
@@ -162,8 +166,9 @@ class RunSpec:
         if ad is None:
             return
         _choice("adapter_dtype", ad, ADAPTER_DTYPES)
-        if self.method == "full":
-            raise EstimateError("adapter_dtype applies to the adapters of method='lora' or 'qlora'; drop it for 'full'.")
+        if self.method not in ADAPTER_METHODS:
+            raise EstimateError(f"adapter_dtype applies to the adapters of method='lora' or 'qlora'; drop it for "
+                                f"{self.method!r}.")
         if p == "fp16-master" and ad != "fp16":    # its fp32 master copies are of fp16 tensors
             raise EstimateError("precision='fp16-master' keeps fp16 adapters with fp32 master copies; use "
                                 "adapter_dtype='fp16' or drop it.")
@@ -199,8 +204,8 @@ class RunSpec:
         return ADAPTER_BYTES.get(self.adapter_dtype or "", 0)
 
     def adapter_label(self) -> Optional[str]:
-        """The adapters' dtype by name (None for method='full')."""
-        if self.method == "full":
+        """The adapters' dtype by name (None for method='full' or 'head': no adapters)."""
+        if self.method not in ADAPTER_METHODS:
             return None
         pure = {"bf16": "bf16", "fp16": "fp16", "fp16-master": "fp16"}
         return self.adapter_dtype or pure.get(self.precision, "fp32")
@@ -271,7 +276,7 @@ class RunSpec:
         m = j if isinstance(j, str) else j.get("model_type", "minigpt" if "minigpt" in j else "config")
         parts = [str(m) + ("" if not self.overrides else " " + ",".join(f"{k}={v}" for k, v in self.overrides.items())),
                  self.method]
-        if self.method != "full":
+        if self.method in ADAPTER_METHODS:
             t = self.targets if isinstance(self.targets, str) else ",".join(self.targets)
             parts += [f"r={self.rank}", t] + ([f"adapters {self.adapter_dtype}"] if self.adapter_dtype else [])
         parts += [self.precision, self.optimizer + ("" if self.optimizer_impl == "default" else f"({self.optimizer_impl})")]

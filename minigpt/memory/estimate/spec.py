@@ -7,7 +7,8 @@ from ...families import linear_layers as family_linear_layers
 from ...precision import PRECISIONS as PRECISION_TABLE
 
 
-METHODS = ("full", "lora", "qlora")
+METHODS = ("full", "lora", "qlora", "head")   # head: only the task head trains (a linear probe)
+ADAPTER_METHODS = ("lora", "qlora")           # the methods with LoRA adapters
 
 
 PRECISIONS = tuple(PRECISION_TABLE)   # minigpt/precision.py: the one table of precision names
@@ -385,6 +386,14 @@ def lora_plan(spec: ModelSpec, targets, head_trainable: bool) -> tuple[list[str]
     except (TypeError, ValueError) as e:
         raise EstimateError(str(e)) from None
     return chosen, trainable
+
+
+def head_plan(spec: ModelSpec) -> tuple[str, ...]:
+    """The modules method="head" trains: a classification model's head, nothing else (no adapters)."""
+    if spec.task != "cls":
+        raise EstimateError(f"method='head' trains only a classification head, and {spec.name} is a language model "
+                            f"with none; use method='full', 'lora' or 'qlora'.")
+    return ("classifier",)
 
 
 def _inside(name: str, keys: Sequence[str]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 from ...nf4 import BLOCKSIZE as NF4_BLOCK, nf4_nbytes
-from .spec import BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, ModelSpec, _inside, linear_layers, lora_plan, parameter_inventory
+from .spec import BNB_8BIT_BLOCK, BNB_MIN_8BIT_SIZE, BNB_PAGED_MIN_NUMEL, ADAPTER_METHODS, ModelSpec, _inside, head_plan, linear_layers, lora_plan, parameter_inventory
 
 
 def _half(precision: str) -> bool:
@@ -43,8 +43,10 @@ def model_states(spec: ModelSpec, method: str, precision: str, optimizer: str, r
     inv = parameter_inventory(spec)
     adapted: list[str] = []
     trainable_mods: tuple[str, ...] = ()
-    if method != "full":
+    if method in ADAPTER_METHODS:
         adapted, trainable_mods = lora_plan(spec, targets, head_trainable)
+    elif method == "head":
+        trainable_mods = head_plan(spec)
     st.adapted, st.head_modules = adapted, trainable_mods
     linear_shape = {n: (i, o) for n, i, o, _ in linear_layers(spec)}
     # QLoRA: quantize_model(skip=("lm_head", "classifier")) turns every other Linear into NF4

@@ -68,6 +68,15 @@ def adapted_factory(src, run, seed: int = 0) -> tuple[Callable, dict]:
         out = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
         out_names = tuple(n.rsplit(".", 1)[-1] for n, m in model.named_modules() if m is out and n)
         heads = tuple(h for h in HEADS if any(n.split(".")[-1] == h for n, _ in model.named_modules()))
+        if method == "head":           # a linear probe: every weight frozen but the classification head's
+            if not heads:
+                raise _BuildError(f"method='head' trains only a classification head, and {src.name} has none "
+                                  f"(no module named {' or '.join(HEADS)}); use method='full', 'lora' or 'qlora'.")
+            model.requires_grad_(False)
+            for n, mod in model.named_modules():
+                if n.split(".")[-1] in heads:
+                    mod.requires_grad_(True)
+            return model
         if method == "qlora":
             quantize_model(model, skip=("lm_head", *out_names, *heads), double_quant=run.double_quant,
                            compute_dtype=compute)
@@ -143,7 +152,7 @@ def traced_estimate(src, why: str, run, gpu: Any = None) -> Estimate:
     cfg = src.config
     drop = [v for k, v in cfg.to_dict().items() if ("dropout" in k or "pdrop" in k)
             and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    lora = method != "full"
+    lora = method in ("lora", "qlora")
     config = dict(model=src.name, method=method, rank=run.rank if lora else None, alpha=run.alpha if lora else None,
                   targets=info["targets"] if lora else None, double_quant=bool(run.double_quant), precision=precision,
                   optimizer=optimizer, attention=run.attention, dropout=max(drop, default=0.0),

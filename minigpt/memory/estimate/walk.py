@@ -53,6 +53,7 @@ class _Ctx:
     lora_p: float = 0.0     # LoRA dropout on each adapter's input (minigpt.lora / peft lora_dropout)
     card: Any = None        # gpus.GpuSpec whose SDPA kernel the CUDA semantics follow (None: flash for 16-bit)
     adapter_bytes: int = 0  # bytes per adapter element (0: as the weights)
+    loss_dtype: Optional[str] = None   # RunSpec.loss_dtype: "fp32", "compute" (None: the family's own)
 
     @property
     def N(self) -> int:

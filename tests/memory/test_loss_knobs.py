@@ -78,10 +78,65 @@ def test_loss_dtype_from_the_cli_and_json(capsys):
 def test_bad_loss_dtype_is_one_sentence():
     with pytest.raises(EstimateError, match=r"loss_dtype \(--loss-dtype\) must be 'fp32'"):
         _llama(loss_dtype="bf16")
-    with pytest.raises(EstimateError, match="drop --loss-dtype for a minigpt model"):
+    with pytest.raises(EstimateError, match="drop --loss-dtype and --loss-chunk for a minigpt model"):
         estimate(RunSpec(model="tiny", seq=32, loss_dtype="fp32"))
     with pytest.raises(EstimateError, match="causal-LM heads"):
         estimate(RunSpec(model="roberta-base", seq=32, loss_dtype="fp32", overrides={"num_hidden_layers": 1}))
     cfg = str(ROOT / "configs" / "mistral-7b.json")
-    with pytest.raises(EstimateError, match="drop --loss-dtype for a config.json model"):
+    with pytest.raises(EstimateError, match="drop --loss-dtype and --loss-chunk for a config.json model"):
         measure(RunSpec(model=cfg, loss_dtype="compute", overrides={"num_hidden_layers": 1}), mode="fake")
+
+
+# ------------------------------------------------------------ loss_chunk
+@pytest.mark.parametrize("method,precision,semantics,knobs", [
+    ("full", "bf16", "cuda", dict(loss_chunk=64)),
+    ("full", "bf16", "cuda", dict(loss_chunk=100)),                       # a short last chunk
+    ("lora", "amp-bf16", "cuda", dict(loss_chunk=48, checkpointing=True)),
+    ("qlora", "amp-bf16", "cuda", dict(loss_chunk=48)),
+    ("full", "fp32", "cpu", dict(loss_chunk=64)),
+    ("full", "bf16", "cuda", dict(loss_chunk=48, loss_dtype="compute")),
+])
+def test_loss_chunk_estimate_matches_the_trace(method, precision, semantics, knobs):
+    _agree(_llama(method=method, precision=precision, semantics=semantics, **knobs))
+
+
+def test_loss_chunk_estimate_matches_the_cpu_tracker():
+    _agree(_llama(method="lora", precision="amp-bf16", semantics="cpu", batch=2, loss_chunk=48), mode="cpu")
+
+
+def test_chunking_the_loss_lowers_the_peak_and_one_chunk_of_all_tokens_is_no_chunking():
+    base = _llama(precision="amp-bf16", method="lora")          # N = 4 x 64 = 256 tokens
+    peaks = {c: measure(base.replace(loss_chunk=c), mode="fake").peak for c in (None, 256, 128, 32)}
+    assert peaks[256] == peaks[None]
+    assert peaks[None] > peaks[128] > peaks[32]
+    est = {c: estimate(base.replace(loss_chunk=c)).peak for c in (None, 128, 32)}
+    assert est[None] > est[128] > est[32]
+    # what autograd saves does not shrink: every chunk's log-softmax stays for backward
+    saved = [estimate(base.replace(loss_chunk=c)).activation_terms["loss (log-softmax)"] for c in (None, 32)]
+    assert saved[0] <= saved[1] <= saved[0] + 8 * 4          # (+ one 4-byte total_weight per chunk)
+
+
+def test_loss_chunk_from_the_cli_and_json(capsys):
+    argv = ("estimate", "--model", "llama-7b", "--set", "num_hidden_layers=2", "--precision", "amp-bf16",
+            "--seq", "64", "--loss-chunk", "32")
+    code, out, _ = run(capsys, *argv, "--json")
+    d = json.loads(out)
+    assert code == 0 and d["config"]["loss_chunk"] == 32 and RunSpec.from_dict(d).loss_chunk == 32
+    code, out, _ = run(capsys, *argv)
+    assert code == 0 and "loss_chunk=32" in out and "loss over chunks of 32 tokens" in out
+    assert "loss chunks of 32 tokens" in RunSpec.from_dict(d).describe()
+    code, _, err = run(capsys, *argv[:-1], "0")
+    assert code == 2 and "--loss-chunk" in err
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "64"])
+def test_bad_loss_chunk_is_one_sentence(bad):
+    with pytest.raises(EstimateError, match=r"loss_chunk \(--loss-chunk\) must be a positive number of tokens"):
+        _llama(loss_chunk=bad)
+
+
+def test_loss_chunk_refuses_heads_it_does_not_apply_to():
+    with pytest.raises(EstimateError, match="drop --loss-dtype and --loss-chunk for a minigpt model"):
+        estimate(RunSpec(model="tiny", seq=32, loss_chunk=16))
+    with pytest.raises(EstimateError, match="causal-LM heads"):
+        estimate(RunSpec(model="roberta-base", seq=32, loss_chunk=16, overrides={"num_hidden_layers": 1}))

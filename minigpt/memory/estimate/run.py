@@ -115,6 +115,7 @@ class RunSpec:
     set_to_none: bool = True
     gpu: Any = None
     loss_dtype: Optional[str] = None
+    loss_chunk: Optional[int] = None
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -163,6 +164,10 @@ class RunSpec:
         if self.loss_dtype is not None and self.loss_dtype not in LOSS_DTYPES:
             raise EstimateError(f"loss_dtype (--loss-dtype) must be 'fp32' (upcast the logits) or 'compute' (the "
                                 f"logits' own dtype), or None for the model's default; got {self.loss_dtype!r}.")
+        if self.loss_chunk is not None and (isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int)
+                                            or self.loss_chunk < 1):
+            raise EstimateError(f"loss_chunk (--loss-chunk) must be a positive number of tokens per chunk of the "
+                                f"cross-entropy, or None for one loss over all tokens; got {self.loss_chunk!r}.")
         card_of(self.gpu, self.precision)
 
     def _validate_adapter_dtype(self) -> None:
@@ -287,7 +292,8 @@ class RunSpec:
         parts.append(f"seq={self.seq}")
         for on, word in ((self.checkpointing, "checkpointing"), (self.gpus > 1, f"{self.gpus} GPUs zero={self.zero}"),
                          (not self.set_to_none, "set_to_none=False"),
-                         (self.loss_dtype is not None, f"loss {self.loss_dtype}")):
+                         (self.loss_dtype is not None, f"loss {self.loss_dtype}"),
+                         (self.loss_chunk is not None, f"loss chunks of {self.loss_chunk} tokens")):
             if on:
                 parts.append(word)
         return " ".join(parts)

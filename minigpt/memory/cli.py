@@ -117,6 +117,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-set-to-none", dest="set_to_none", action="store_false",
                    help="zero_grad(set_to_none=False): zeroed gradients stay allocated through the step")
     p.add_argument("--seq", type=_pos_int, default=128)
+    p.add_argument("--loss-dtype", choices=("fp32", "compute"), default=None,
+                   help="causal LMs: cross-entropy on fp32 logits (transformers' upcast, its default) or on the "
+                        "logits' own dtype (no effect under autocast, which runs the loss in fp32)")
+    p.add_argument("--loss-chunk", type=_pos_int, default=None,
+                   help="causal LMs: cross-entropy over chunks of N tokens (torchtune's CEWithChunkedOutputLoss, "
+                        "litgpt's chunked_cross_entropy): one chunk's fp32 logits at a time (default: all tokens)")
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--mode", choices=MODES, default="fake")
     p.add_argument("--semantics", choices=SEMANTICS, default="cuda")
@@ -155,7 +161,7 @@ def _estimate_view(a, run: RunSpec, est):
 # the command line's flags that are RunSpec fields (dest = field name); --set gives its overrides
 RUN_FLAGS = ("model", "method", "rank", "alpha", "targets", "double_quant", "precision", "optimizer", "attention",
              "dropout", "lora_dropout", "adapter_dtype", "batch", "micro_batch", "set_to_none", "optimizer_impl", "seq",
-             "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index", "gpu")
+             "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index", "gpu", "loss_dtype", "loss_chunk")
 
 
 def run_spec(parser: argparse.ArgumentParser, a: argparse.Namespace, given: set) -> RunSpec:

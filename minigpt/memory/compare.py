@@ -139,6 +139,9 @@ def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Opti
     _measure_args_check(run, mode)
     if not m.why:          # cheap: the estimator validates the run against the model (and fails before building)
         estimate_run(run, m)
+    if m.config and (run.loss_dtype is not None or run.loss_chunk is not None):
+        raise EstimateError("loss_dtype and loss_chunk are measured on the zoo's models (llama-7b, ...) only; drop "
+                            "--loss-dtype and --loss-chunk for a config.json model.")
     if m.config:           # any transformers config: hf_models builds it
         return trace(m.src, run, mode, events=events)[0]
     make = _factory(run, m)
@@ -147,7 +150,8 @@ def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Opti
     return measure_step(make, batch_t, optimizer=run.optimizer, precision=run.precision,
                         checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
                         accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
-                        optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None)
+                        optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None,
+                        loss_dtype=run.loss_dtype, loss_chunk=run.loss_chunk)
 
 
 def compare(model: Any = "small", *args: Any, mode: str = "fake", **kwargs: Any) -> tuple[Estimate, Any]:

@@ -184,6 +184,36 @@ def enable_checkpointing(model: nn.Module) -> None:
                          f"checkpointing=False or a minigpt/transformers model.")
 
 
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, vocab_size: int, upcast: bool = True,
+                   chunk: Optional[int] = None, ignore_index: int = -100, **_: Any) -> torch.Tensor:
+    """transformers' ForCausalLMLoss (labels padded by one and shifted, mean over the counted tokens)
+    with the upcast optional (``upcast=False``: cross_entropy on the logits' own dtype) and, with
+    ``chunk``, over chunks of that many tokens, as torchtune's CEWithChunkedOutputLoss and litgpt's
+    chunked_cross_entropy do: each chunk upcast and summed alone, so only one chunk's fp32 copy exists
+    at a time (autograd still saves every chunk's log-softmax)."""
+    shift = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:].contiguous()    # (B, T)
+    flat, targets = logits.view(-1, vocab_size), shift.view(-1).to(logits.device)           # (N, V), (N,)
+    if chunk is None:
+        return nn.functional.cross_entropy(flat.float() if upcast else flat, targets, ignore_index=ignore_index)
+    losses = [nn.functional.cross_entropy(x.float() if upcast else x, t, ignore_index=ignore_index,
+                                          reduction="sum") for x, t in zip(flat.split(chunk), targets.split(chunk))]
+    return torch.stack(losses).sum() / (targets != ignore_index).sum()
+
+
+def set_causal_lm_loss(model: nn.Module, loss_dtype: Optional[str] = None, chunk: Optional[int] = None) -> None:
+    """Make a transformers causal LM compute its loss in fp32 (``"fp32"``, its default) or in the
+    logits' dtype (``"compute"``), over chunks of ``chunk`` tokens (None: all at once), through its
+    ``loss_function`` hook."""
+    if loss_dtype is not None:
+        _check_choice("loss_dtype", loss_dtype, ("fp32", "compute"))
+    if not hasattr(model, "loss_function") or "CausalLM" not in type(model).__name__:
+        raise ValueError(f"loss_dtype and loss_chunk apply to transformers causal LMs (their loss_function), not "
+                         f"to a {type(model).__name__}; drop them.")
+    up = loss_dtype != "compute"
+    model.loss_function = lambda logits, labels, vocab_size, **kw: causal_lm_loss(logits, labels, vocab_size, up,
+                                                                                  chunk, **kw)
+
+
 def logical_parameter_count(model: nn.Module) -> int:
     """Parameters as the model has them logically: an NF4 weight (minigpt.nf4.NF4Linear) counts its
     in x out elements, not its packed 4-bit storage (which is buffers, not parameters), so QLoRA and
@@ -202,7 +232,8 @@ class Session:
     def __init__(self, model_or_factory: ModelOrFactory, batch: Any, optimizer: OptimizerSpec = "adamw",
                  precision: str = "fp32", checkpointing: bool = False, mode: str = "cpu",
                  semantics: str = "cpu", keep_outputs: bool = True, set_to_none: bool = True,
-                 accumulation: int = 1, optimizer_impl: str = "default", keep_adapters: bool = False):
+                 accumulation: int = 1, optimizer_impl: str = "default", keep_adapters: bool = False,
+                 loss_dtype: Optional[str] = None, loss_chunk: Optional[int] = None):
         _check_choice("mode", mode, MODES)
         _check_choice("optimizer_impl", optimizer_impl, OPTIMIZER_IMPLS)
         if isinstance(accumulation, bool) or not isinstance(accumulation, int) or accumulation < 1:
@@ -247,6 +278,8 @@ class Session:
             cast_model(model, _DTYPES[precision], self.fake_mode, keep_adapters)
         if checkpointing:
             enable_checkpointing(model)
+        if loss_dtype is not None or loss_chunk is not None:
+            set_causal_lm_loss(model, loss_dtype, loss_chunk)
         model.train()
         self.model = model
         self.device = torch.device("cuda" if mode == "cuda" else "cpu")
@@ -358,7 +391,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
                  semantics: str = "cpu", *, keep_outputs: bool = True,
                  events: Optional[list] = None, set_to_none: bool = True,
                  accumulation: int = 1, optimizer_impl: str = "default",
-                 keep_adapters: bool = False) -> MemoryReport:
+                 keep_adapters: bool = False, loss_dtype: Optional[str] = None,
+                 loss_chunk: Optional[int] = None) -> MemoryReport:
     """Peak memory of one training step, split into buckets (see buckets.py).
 
     Args:
@@ -413,7 +447,8 @@ def measure_step(model_or_factory: ModelOrFactory, batch: Any, optimizer: Optimi
     nvidia-smi shows (which adds the CUDA context, a few hundred MiB). Both are reported.
     """
     s = Session(model_or_factory, batch, optimizer, precision, checkpointing, mode, semantics, keep_outputs,
-                set_to_none, accumulation, optimizer_impl, keep_adapters)
+                set_to_none, accumulation, optimizer_impl, keep_adapters, loss_dtype,
+                loss_chunk)
     s.step()  # the untracked warm-up step: optimizer state now exists
     if mode == "cuda":
         # the warm-up's cyclic garbage out of the caching allocator's count; the tracker of the CPU

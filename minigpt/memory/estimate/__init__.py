@@ -282,7 +282,8 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
             raise EstimateError(f"rank={rank} is too large for layer {n!r} ({fin} -> {fout}); use rank <= {min(fin, fout)}.")
     ctx = _Ctx(spec, step_batch, seq, precision, semantics, run.attention, spec.hidden_dropout, spec.attn_dropout,
                method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
-               states.head_modules, run.checkpointing, float(run.lora_dropout), card, run.adapter_bytes())
+               states.head_modules, run.checkpointing, float(run.lora_dropout), card, run.adapter_bytes(),
+               run.loss_dtype, run.loss_chunk)
     fw = forward_walk(ctx)
 
     # sharding (ZeRO): divide the model states each GPU keeps
@@ -338,7 +339,7 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
                   attention=run.attention, dropout=spec.attn_dropout if run.dropout is None else float(run.dropout),
                   lora_dropout=float(run.lora_dropout) if lora else None,
                   adapter_dtype=run.adapter_label(),
-                  optimizer_impl=run.optimizer_impl,
+                  optimizer_impl=run.optimizer_impl, loss_dtype=run.loss_dtype, loss_chunk=run.loss_chunk,
                   batch=batch, micro_batch=step_batch, accumulation=accumulation, set_to_none=bool(run.set_to_none),
                   seq=seq, checkpointing=bool(run.checkpointing), semantics=semantics, gpus=gpus, zero=zero,
                   sharding=sharding, rank_index=run.rank_index,
@@ -382,6 +383,25 @@ def _notes(run: RunSpec, states, card, ctx: _Ctx, spec: ModelSpec) -> list[str]:
     elif not run.set_to_none:
         notes.append("zero_grad(set_to_none=False): the zeroed gradients stay allocated through forward and "
                      "backward (autograd adds into them).")
+    notes += loss_notes(run)
+    return notes
+
+
+def loss_notes(run: RunSpec) -> list[str]:
+    """What the loss knobs do, and where loss_dtype changes nothing (measured on fake tensors and the
+    CPU tracker)."""
+    notes = []
+    if run.loss_chunk is not None:
+        notes.append(f"loss over chunks of {run.loss_chunk} tokens: every chunk's log-softmax is still saved for "
+                     "backward; the fp32 copy of the logits (forward) and its gradient (backward) exist one chunk "
+                     "at a time, and backward gathers the chunks' gradients into one of the logits' size.")
+    if run.loss_dtype == "compute" and run.precision.startswith("amp"):
+        return notes + ["loss_dtype='compute' changes nothing under autocast: its policy runs the loss in fp32 "
+                        "anyway (CPU: cross_entropy is on the fp32 list, CUDA: log_softmax), from the same 16-bit "
+                        "logits."]
+    if run.loss_dtype is not None and run.precision == "fp32":
+        return notes + [f"loss_dtype={run.loss_dtype!r} changes nothing with precision='fp32': the logits are fp32 "
+                        "already."]
     return notes
 
 

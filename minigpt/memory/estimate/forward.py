@@ -3,6 +3,7 @@ allocates and what autograd saves for backward, with checkpointing."""
 from __future__ import annotations
 from dataclasses import dataclass, field
 from .layers import _Walk
+from .spec import EstimateError
 from .walk import _Ctx, _T
 
 
@@ -235,18 +236,29 @@ def forward_walk(ctx: _Ctx) -> _Forward:
             h = w.rmsnorm_hf(x, full, "model.norm")
             wkey = "lm_head.weight"
         logits = w._plain(h, "lm_head", d, V, N, full, wkey=wkey)
+        if (ctx.loss_dtype is not None or ctx.loss_chunk is not None) and s.family != "llama":
+            raise EstimateError("loss_dtype and loss_chunk apply to transformers causal LMs (llama-7b, ...); drop "
+                                "--loss-dtype and --loss-chunk for a minigpt model.")
         if s.family == "llama":
-            # transformers' ForCausalLMLoss: logits.float(), labels padded and shifted by one: the
-            # shifted copy (N int64) is saved by nll_loss
-            w.loss(w.cast(logits, 4), V)
+            # transformers' ForCausalLMLoss: logits.float() (loss_dtype "compute": the logits as they
+            # are), labels padded and shifted by one: the shifted copy (N int64) is saved by nll_loss
+            if ctx.loss_chunk is not None:
+                w.chunked_loss(logits, V, ctx.loss_chunk, ctx.loss_dtype != "compute")
+            else:
+                w.loss(logits if ctx.loss_dtype == "compute" else w.cast(logits, 4), V)
             if logits.grad:
                 w.save(_T(N, 8, False), "loss (log-softmax)")
                 w.record("labels", [], [])
-            loss_transient = N * V * 4 if logits.el != 4 else 0
+            upcast = ctx.loss_dtype != "compute" or ctx.amp     # (autocast runs the loss in fp32 anyway)
+            rows = N if ctx.loss_chunk is None else min(N, ctx.loss_chunk)   # one chunk's copy at a time
+            loss_transient = rows * V * 4 if logits.el != 4 and upcast else 0
         else:
             w.loss(logits, V)
             loss_transient = N * V * 4 if ctx.amp else 0
     else:
+        if ctx.loss_dtype is not None or ctx.loss_chunk is not None:
+            raise EstimateError("loss_dtype and loss_chunk apply to causal-LM heads; a classifier's loss is over a "
+                                "few labels (drop --loss-dtype and --loss-chunk).")
         pooled = x.slice(ctx.B * d)   # features[:, 0, :]: a view of the last hidden states
         w.record("slice", [x], [pooled], passthrough=True)
         if s.family == "roberta":

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from .spec import EstimateError
-from .walk import _T, _WalkCore
+from .walk import _T, _Chunk, _WalkCore
 
 
 class _Walk(_WalkCore):
@@ -310,6 +310,19 @@ class _Walk(_WalkCore):
             self.save_bytes(el, "loss (log-softmax)")      # nll_loss's total_weight
         loss = _T(1, el, logits.grad)
         self.record("nll_loss", [lsm], [loss])
+        return loss
+
+    def chunked_loss(self, logits: _T, V: int, chunk: int, upcast: bool) -> _T:
+        """The cross-entropy over chunks of ``chunk`` rows of the (rows, V) logits (measure.causal_lm_loss):
+        split (views), each chunk upcast (``upcast``) and summed alone, the chunk losses stacked and
+        summed. Each chunk's log-softmax is saved, its fp32 copy is gone before the next chunk."""
+        rows = logits.numel // V
+        sizes = [min(chunk, rows - i) for i in range(0, rows, chunk)]
+        chunks = [_Chunk.of(logits, n * V) for n in sizes]
+        self.record("split", [logits], chunks)
+        losses = [self.loss(self.cast(x, 4) if upcast else x, V) for x in chunks]
+        loss = _T(1, losses[0].el, logits.grad)
+        self.record("nll_loss", losses, [loss])       # (stack, sum, / count: the loss the replay starts from)
         return loss
 
 

@@ -25,6 +25,10 @@ from .spec import (ADAPTER_METHODS, ATTENTIONS, METHODS, OPTIMIZER_IMPLS, OPTIMI
 # with itself; "fp32" with precision bf16/fp16 keeps them fp32 (peft's autocast_adapter_dtype=True)
 ADAPTER_DTYPES = ("fp32", "bf16", "fp16")
 ADAPTER_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+# the cross-entropy's dtype (loss_dtype): None keeps the family's own loss (transformers' causal LMs
+# upcast the logits, logits.float(); minigpt's runs in the logits' dtype); "fp32" upcasts, "compute"
+# feeds the logits as they are (under autocast the kernel policy still runs it in fp32)
+LOSS_DTYPES = ("fp32", "compute")
 INT64_LIMIT = 2 ** 63      # torch sizes tensors in int64: no step can hold this many bytes
 
 # the positional order of estimate()'s arguments before RunSpec (old calls keep working)
@@ -110,6 +114,8 @@ class RunSpec:
     head_trainable: bool = True
     set_to_none: bool = True
     gpu: Any = None
+    loss_dtype: Optional[str] = None
+    loss_chunk: Optional[int] = None
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -159,6 +165,13 @@ class RunSpec:
             raise EstimateError("method='head' trains only the head, so head_trainable=False would train nothing; "
                                 "drop head_trainable or use another method.")
         self._validate_adapter_dtype()
+        if self.loss_dtype is not None and self.loss_dtype not in LOSS_DTYPES:
+            raise EstimateError(f"loss_dtype (--loss-dtype) must be 'fp32' (upcast the logits) or 'compute' (the "
+                                f"logits' own dtype), or None for the model's default; got {self.loss_dtype!r}.")
+        if self.loss_chunk is not None and (isinstance(self.loss_chunk, bool) or not isinstance(self.loss_chunk, int)
+                                            or self.loss_chunk < 1):
+            raise EstimateError(f"loss_chunk (--loss-chunk) must be a positive number of tokens per chunk of the "
+                                f"cross-entropy, or None for one loss over all tokens; got {self.loss_chunk!r}.")
         card_of(self.gpu, self.precision)
 
     def _validate_adapter_dtype(self) -> None:
@@ -283,7 +296,9 @@ class RunSpec:
         parts.append(f"batch={self.batch}" + (f" ({self.step_batch} x {self.accumulation})" if self.accumulation > 1 else ""))
         parts.append(f"seq={self.seq}")
         for on, word in ((self.checkpointing, "checkpointing"), (self.gpus > 1, f"{self.gpus} GPUs zero={self.zero}"),
-                         (not self.set_to_none, "set_to_none=False")):
+                         (not self.set_to_none, "set_to_none=False"),
+                         (self.loss_dtype is not None, f"loss {self.loss_dtype}"),
+                         (self.loss_chunk is not None, f"loss chunks of {self.loss_chunk} tokens")):
             if on:
                 parts.append(word)
         return " ".join(parts)

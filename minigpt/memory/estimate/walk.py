@@ -34,6 +34,22 @@ class _T:
         return v
 
 
+class _Chunk(_T):
+    """A chunk of a split: a view (the base's storage, in flight once) whose gradient is its own
+    size; SplitBackward gathers the chunks' gradients into one of the base's size."""
+    __slots__ = ()
+
+    @property
+    def gbytes(self) -> int:
+        return self.numel * self.el
+
+    @classmethod
+    def of(cls, base: _T, numel: int) -> "_Chunk":
+        v = object.__new__(cls)
+        v.sid, v.numel, v.el, v.grad, v.storage = base.sid, int(numel), base.el, base.grad, base.storage
+        return v
+
+
 @dataclass
 class _Ctx:
     spec: ModelSpec
@@ -53,6 +69,8 @@ class _Ctx:
     lora_p: float = 0.0     # LoRA dropout on each adapter's input (minigpt.lora / peft lora_dropout)
     card: Any = None        # gpus.GpuSpec whose SDPA kernel the CUDA semantics follow (None: flash for 16-bit)
     adapter_bytes: int = 0  # bytes per adapter element (0: as the weights)
+    loss_dtype: Optional[str] = None   # RunSpec.loss_dtype: "fp32", "compute" (None: the family's own)
+    loss_chunk: Optional[int] = None   # RunSpec.loss_chunk: tokens per chunk of the cross-entropy
 
     @property
     def N(self) -> int:

@@ -34,7 +34,7 @@ help:
 	@echo "make benchmark-grid  the forum's grid trained on MiniLM: full/LoRA x fp32/bf16 autocast x 1x/8x inputs (~15 min)"
 	@echo "make benchmark-any-model  closed form vs fake-tensor trace, full-size Mistral-7B / Qwen2.5-7B (~1 min)"
 	@echo "make benchmark-estimator  estimator speed (CLI, closed form, fake trace) against the issue-17 baseline (~3 min)"
-	@echo "make benchmark-families  per-family table: every configs/*.json, closed form vs fake trace (~10 min)"
+	@echo "make benchmark-families  per-family table: every configs/*.json, closed form vs fake trace (~2 min)"
 	@echo "make start LEARNER=<name>  your profile and your own copy of the labs in learners/<name>/"
 	@echo "make run-lab LAB=03 LEARNER=<name>  run your copy of a lab headless (errors allowed), print its checks"
 	@echo "make grade LEARNER=<name>  run copies of a learner's labs, write learners/<name>/grade.md"

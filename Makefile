@@ -18,7 +18,7 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark benchmark-sharded benchmark-minilm benchmark-grid benchmark-any-model clean-venv
+.PHONY: help install lab test test-unit test-notebooks check-env pretrain benchmark benchmark-sharded benchmark-minilm benchmark-grid benchmark-any-model benchmark-estimator benchmark-families clean-venv
 .PHONY: generate-labs start grade grade-all docs time-labs store-outputs check-portability cloud-cells kernel lint
 .PHONY: test-ui ui-chromium lab-cmd run-lab
 
@@ -33,6 +33,8 @@ help:
 	@echo "make benchmark-minilm  MiniLM fine-tuned full / LoRA / QLoRA: accuracy, time, memory (~20 min)"
 	@echo "make benchmark-grid  the forum's grid trained on MiniLM: full/LoRA x fp32/bf16 autocast x 1x/8x inputs (~15 min)"
 	@echo "make benchmark-any-model  closed form vs fake-tensor trace, full-size Mistral-7B / Qwen2.5-7B (~1 min)"
+	@echo "make benchmark-estimator  estimator speed (CLI, closed form, fake trace) against the issue-17 baseline (~3 min)"
+	@echo "make benchmark-families  per-family table: every configs/*.json, closed form vs fake trace (~2 min)"
 	@echo "make start LEARNER=<name>  your profile and your own copy of the labs in learners/<name>/"
 	@echo "make run-lab LAB=03 LEARNER=<name>  run your copy of a lab headless (errors allowed), print its checks"
 	@echo "make grade LEARNER=<name>  run copies of a learner's labs, write learners/<name>/grade.md"
@@ -188,6 +190,15 @@ benchmark-grid: $(STAMP)
 # The closed form against a fake-tensor trace of the same full-size spec (configs/), no weights.
 benchmark-any-model: $(STAMP)
 	$(PY) benchmarks/bench_any_model.py
+
+# Estimator speed, today's code against the commit before issue 17 (a temporary git worktree), in one run;
+# writes benchmarks/results/estimator_speed.json
+benchmark-estimator: $(STAMP)
+	$(PY) benchmarks/bench_estimator_speed.py
+
+# Every configs/*.json at one setting: closed form vs fake trace; writes benchmarks/results/families.{json,md}
+benchmark-families: $(STAMP)
+	$(PY) benchmarks/bench_families.py
 
 # --- labs, learners and grading (docs/AUTHORING.md, learners/README.md) ------------------------
 # Usage: make start LEARNER=ana;  make grade LEARNER=ana GRADE_ARGS="--cell-timeout 600"

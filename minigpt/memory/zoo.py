@@ -18,6 +18,7 @@ transformers models choose their attention with ``attn_implementation="sdpa"`` (
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 import torch
@@ -100,6 +101,47 @@ def hf_config(name: str, attn_implementation: str = "sdpa", **overrides):
     cfg = C(**spec)
     cfg._attn_implementation = attn_implementation
     return cfg
+
+
+# transformers' defaults that HF_CONFIGS leaves out: the fields the closed form reads and the rest of
+# what to_json_string(use_diff=True) writes (transformers 5: LlamaConfig, RobertaConfig, BertConfig;
+# tests/memory/test_estimator_speed.py compares both with the real configs for every zoo name)
+_ENCODER_DEFAULTS = dict(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, add_cross_attention=False,
+                         classifier_dropout=None, hidden_act="gelu", initializer_range=0.02, is_decoder=False,
+                         tie_word_embeddings=True, use_cache=True)
+_LIGHT_DEFAULTS: dict[str, dict] = {
+    "llama": dict(attention_bias=False, attention_dropout=0.0, mlp_bias=False, hidden_act="silu",
+                  tie_word_embeddings=False, use_cache=False, bos_token_id=1, eos_token_id=2,
+                  initializer_range=0.02, pad_token_id=None, pretraining_tp=1),
+    "roberta": _ENCODER_DEFAULTS,
+    "bert": dict(_ENCODER_DEFAULTS, bos_token_id=None, eos_token_id=None),
+}
+_NOT_DESCRIBED = ("zoo_name", "rope_scaling", "num_labels")   # attributes to_json_string(use_diff=True) omits
+
+
+class ZooConfig(SimpleNamespace):
+    """The fields of a zoo model's transformers config, without importing transformers (~3 s on 2
+    cores): what the closed form resolves a zoo name given without overrides to."""
+
+    def described(self) -> dict:
+        """json.loads(hf_config(name).to_json_string(use_diff=True)), for the --json spec."""
+        from importlib.metadata import version
+        d = {k: v for k, v in vars(self).items() if k not in _NOT_DESCRIBED}
+        d["transformers_version"] = version("transformers")
+        return dict(sorted(d.items()))
+
+
+def light_config(name: str) -> ZooConfig:
+    """hf_config(name) as plain attributes (no overrides: a changed field goes through transformers,
+    which validates it)."""
+    spec = dict(HF_CONFIGS[name])
+    kind = spec.pop("kind")
+    spec.update(_LIGHT_DEFAULTS[kind])
+    if kind == "llama":
+        spec["head_dim"] = spec["hidden_size"] // spec["num_attention_heads"]
+        spec["rope_parameters"] = {"rope_theta": 10000.0, "rope_type": "default"}
+        spec["rope_scaling"] = dict(spec["rope_parameters"])
+    return ZooConfig(model_type=kind, zoo_name=name, **spec)
 
 
 def build(name: str, device: Optional[str | torch.device] = "cpu", attn_implementation: str = "sdpa",

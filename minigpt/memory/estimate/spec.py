@@ -211,7 +211,9 @@ class _ZooSource:
     def describe(self) -> dict:
         import dataclasses
         import json
-        if dataclasses.is_dataclass(self.config):
+        if hasattr(self.config, "described"):       # zoo.ZooConfig: no transformers import
+            fields = self.config.described()
+        elif dataclasses.is_dataclass(self.config):
             fields = dataclasses.asdict(self.config)
         else:
             fields = json.loads(self.config.to_json_string(use_diff=True))
@@ -241,6 +243,8 @@ def resolve_model(model: Union[str, Any], **overrides) -> ModelSpec:
                 return spec_from_config(preset_config(key, **overrides), model)
             except (TypeError, ValueError) as e:
                 raise EstimateError(str(e)) from None
+        if not overrides:     # the closed form's fields without importing transformers
+            return spec_from_config(zoo.light_config(key), model)
         try:
             cfg = zoo.hf_config(key, **overrides)
         except (TypeError, ValueError) as e:

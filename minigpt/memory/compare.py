@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from ..precision import RUNNABLE, compute_dtype
 from .buckets import BUCKETS, GiB, MiB, MODEL_STATE_BUCKETS
-from .estimate import (METHODS, Estimate, EstimateError, ResolvedModel, RunSpec, estimate_run, head_plan,
+from .estimate import (ADAPTER_METHODS, Estimate, EstimateError, ResolvedModel, RunSpec, estimate_run, head_plan,
                        resolve_model, resolve_run_model, resolve_targets)
 from .estimate.traced import adapted_factory, measured_model_state, trace
 
@@ -219,7 +219,7 @@ DEFAULT_GRID_MODELS = (("small", MINIGPT_SMALL), ("roberta-base", ROBERTA_SMALL)
 
 
 def accuracy_grid(models: Sequence[tuple[str, dict]] = DEFAULT_GRID_MODELS,
-                  methods: Sequence[str] = METHODS,
+                  methods: Sequence[str] = ("full", *ADAPTER_METHODS),   # head: a classifier-only method
                   precisions: Sequence[str] = ("fp32", "amp-bf16", "amp-fp16", "bf16"),
                   seqs: Sequence[int] = (64, 256), checkpointing: Sequence[bool] = (False, True),
                   batch: int = 2, semantics: str = "cpu", mode: str = "fake", rank: int = 8,

@@ -396,7 +396,8 @@ def _notes(run: RunSpec, states, card, ctx: _Ctx, spec: ModelSpec) -> list[str]:
     if run.padding:
         notes.append("padding: the attention_mask (B, T) int64 is in the batch; with SDPA each layer saves its own "
                      "(B, 1, T, T) copy of the mask in the attention's dtype (and on CUDA a mask rules out flash: "
-                     "the memory-efficient kernel runs); eager attention saves no more than without it.")
+                     "the memory-efficient kernel runs; its fp32 workspace for a masked 16-bit backward, cuda_rules rule 5, "
+                     "is not counted); eager attention saves no more than without it.")
     return notes
 
 

@@ -123,6 +123,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss-chunk", type=_pos_int, default=None,
                    help="causal LMs: cross-entropy over chunks of N tokens (torchtune's CEWithChunkedOutputLoss, "
                         "litgpt's chunked_cross_entropy): one chunk's fp32 logits at a time (default: all tokens)")
+    p.add_argument("--padding", action="store_true",
+                   help="the batch has pad tokens, so an attention_mask with zeros goes in (dynamic padding); "
+                        "without it the rows are full, as with packing")
     p.add_argument("--checkpointing", action="store_true")
     p.add_argument("--mode", choices=MODES, default="fake")
     p.add_argument("--semantics", choices=SEMANTICS, default="cuda")
@@ -161,7 +164,8 @@ def _estimate_view(a, run: RunSpec, est):
 # the command line's flags that are RunSpec fields (dest = field name); --set gives its overrides
 RUN_FLAGS = ("model", "method", "rank", "alpha", "targets", "double_quant", "precision", "optimizer", "attention",
              "dropout", "lora_dropout", "adapter_dtype", "batch", "micro_batch", "set_to_none", "optimizer_impl", "seq",
-             "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index", "gpu", "loss_dtype", "loss_chunk")
+             "checkpointing", "semantics", "gpus", "zero", "sharding", "rank_index", "gpu", "loss_dtype", "loss_chunk",
+             "padding")
 
 
 def run_spec(parser: argparse.ArgumentParser, a: argparse.Namespace, given: set) -> RunSpec:

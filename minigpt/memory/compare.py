@@ -134,7 +134,6 @@ def measure(model: Any = "small", *args: Any, mode: str = "fake", events: Option
 
 def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Optional[list] = None):
     """measure() of ``run`` whose model ``m`` is already resolved (estimate.resolve_run_model)."""
-    from . import zoo
     from .measure import measure_step
     _measure_args_check(run, mode)
     if not m.why:          # cheap: the estimator validates the run against the model (and fails before building)
@@ -142,16 +141,37 @@ def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Opti
     if m.config and (run.loss_dtype is not None or run.loss_chunk is not None):
         raise EstimateError("loss_dtype and loss_chunk are measured on the zoo's models (llama-7b, ...) only; drop "
                             "--loss-dtype and --loss-chunk for a config.json model.")
+    if m.config and run.padding:
+        raise EstimateError("padding is measured on the zoo's models (llama-7b, roberta-base, ...) only; drop "
+                            "--padding for a config.json model.")
     if m.config:           # any transformers config: hf_models builds it
         return trace(m.src, run, mode, events=events)[0]
     make = _factory(run, m)
     vocab = {k: v for k, v in run.overrides.items() if k == "vocab_size"}
-    batch_t = zoo.make_batch(run.model, run.step_batch, run.seq, **vocab)
+    batch_t = padded_batch(run, vocab)
     return measure_step(make, batch_t, optimizer=run.optimizer, precision=run.precision,
                         checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
                         accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
                         optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None,
                         loss_dtype=run.loss_dtype, loss_chunk=run.loss_chunk)
+
+
+def padded_batch(run: RunSpec, vocab: dict) -> Any:
+    """zoo.make_batch's batch for ``run``; with ``run.padding`` an attention_mask (B, T) int64 whose last
+    row ends in seq // 4 zeros (at least one) goes in, as dynamic padding gives (labels -100 there)."""
+    from . import zoo
+    family, key = zoo._resolve(run.model)
+    pad = max(1, run.seq // 4) if run.padding else 0
+    if family == "minigpt" or zoo.HF_CONFIGS[key]["kind"] != "llama":
+        # RoBERTa/BERT: zoo's own padded batch (its first row padded with the pad token)
+        return zoo.make_batch(run.model, run.step_batch, run.seq, pad=pad if family != "minigpt" else 0, **vocab)
+    batch = zoo.make_batch(run.model, run.step_batch, run.seq, **vocab)
+    if pad:
+        mask = batch["input_ids"].new_ones(batch["input_ids"].shape)       # (B, T) int64
+        mask[-1, run.seq - pad:] = 0
+        batch["labels"][-1, run.seq - pad:] = -100
+        batch["attention_mask"] = mask
+    return batch
 
 
 def compare(model: Any = "small", *args: Any, mode: str = "fake", **kwargs: Any) -> tuple[Estimate, Any]:

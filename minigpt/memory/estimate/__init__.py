@@ -259,6 +259,9 @@ def estimate(model: Union[RunSpec, str, Any] = "small", *args: Any, **kwargs: An
 def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
     """The estimate of ``run`` whose model ``m`` is already resolved (resolve_run_model)."""
     card = run.card()
+    if run.padding and m.config:
+        raise EstimateError("padding is modelled for the zoo's models (llama-7b, roberta-base, bert-large, ...) "
+                            "only; drop --padding for a config.json model.")
     if m.why:                            # no formula for it: trace the step on fake tensors instead
         from .traced import traced_estimate
         return traced_estimate(m.src, m.why, run, card)
@@ -283,7 +286,7 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
     ctx = _Ctx(spec, step_batch, seq, precision, semantics, run.attention, spec.hidden_dropout, spec.attn_dropout,
                method, rank, frozenset(states.adapted), frozenset(n for n, _, _ in states.nf4_linear),
                states.head_modules, run.checkpointing, float(run.lora_dropout), card, run.adapter_bytes(),
-               run.loss_dtype, run.loss_chunk)
+               run.loss_dtype, run.loss_chunk, run.padding)
     fw = forward_walk(ctx)
 
     # sharding (ZeRO): divide the model states each GPU keeps
@@ -321,7 +324,12 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
                         extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or run.grads_alive,
                         optimizer_impl=run.optimizer_impl)
     comm = {}
+    # padding: the batch's (B, T) int64 attention_mask, alive all step (a classifier's is counted already)
+    mask_batch = 8 * step_batch * seq if run.padding and spec.task == "lm" else 0
     for ph, (tot, b) in list(peaks.items()):
+        if ph != "_where" and mask_batch:
+            b["temporaries"] += mask_batch
+            peaks[ph] = (tot + mask_batch, b)
         if ph != "_where" and "communication" in b:
             comm[ph] = b.pop("communication")
             b["temporaries"] += comm[ph]
@@ -340,6 +348,7 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
                   lora_dropout=float(run.lora_dropout) if lora else None,
                   adapter_dtype=run.adapter_label(),
                   optimizer_impl=run.optimizer_impl, loss_dtype=run.loss_dtype, loss_chunk=run.loss_chunk,
+                  padding=bool(run.padding),
                   batch=batch, micro_batch=step_batch, accumulation=accumulation, set_to_none=bool(run.set_to_none),
                   seq=seq, checkpointing=bool(run.checkpointing), semantics=semantics, gpus=gpus, zero=zero,
                   sharding=sharding, rank_index=run.rank_index,
@@ -384,6 +393,11 @@ def _notes(run: RunSpec, states, card, ctx: _Ctx, spec: ModelSpec) -> list[str]:
         notes.append("zero_grad(set_to_none=False): the zeroed gradients stay allocated through forward and "
                      "backward (autograd adds into them).")
     notes += loss_notes(run)
+    if run.padding:
+        notes.append("padding: the attention_mask (B, T) int64 is in the batch; with SDPA each layer saves its own "
+                     "(B, 1, T, T) copy of the mask in the attention's dtype (and on CUDA a mask rules out flash: "
+                     "the memory-efficient kernel runs; its fp32 workspace for a masked 16-bit backward, cuda_rules rule 5, "
+                     "is not counted); eager attention saves no more than without it.")
     return notes
 
 

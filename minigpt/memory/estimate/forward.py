@@ -206,6 +206,12 @@ def forward_walk(ctx: _Ctx) -> _Forward:
         w.record("rope_tables", [], [_T(0, 0, False)])
     if s.is_hf:   # transformers keeps the embedding output in a local variable all along
         w.anchors.append(x)
+    if ctx.padding:
+        if s.family == "minigpt":
+            raise EstimateError("padding applies to transformers models (llama-7b, roberta-base, ...); a minigpt "
+                                "model takes no attention mask, so drop --padding.")
+        # the model's 4D mask (B, 1, T, T), held through forward: bool for SDPA, the weights' dtype for eager
+        w.anchors.append(_T(ctx.B * ctx.T * ctx.T, 1 if ctx.attention == "sdpa" else r_el, False))
     pre = w.total()
     block_fn = {"minigpt": _block_minigpt, "roberta": _block_bert, "bert": _block_bert,
                 "llama": _block_llama}[s.family]

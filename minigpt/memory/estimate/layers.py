@@ -202,6 +202,8 @@ class _Walk(_WalkCore):
             if c.amp:  # SDPA is on both autocast lists: 16-bit q, k, v
                 q, k, v = self.cast(q, 2), self.cast(k, 2), self.cast(v, 2)
             el = q.el
+            # padding: each call converts the (B, 1, T, T) bool mask to q's dtype and saves its own copy
+            mask = _T(B * T * T, el, False) if c.padding else None
             if c.spec.n_kv_head != H and family == "minigpt":   # repeat_interleave copies
                 k, v = self.new_like(k, numel=q.numel), self.new_like(v, numel=q.numel)
             if c.cuda:
@@ -213,6 +215,8 @@ class _Walk(_WalkCore):
                     for t in (q, k, v, out):
                         self.save(t, "attention q, k, v, out")
                     self.save(_T(B * H * lse_T, 4, False), "attention logsumexp")
+                    if mask is not None:
+                        self.save(mask, "attention padding mask")
                 if flash:   # softmax_d (B, H, T128) and dq_accum (B, T128, H, hd32) in fp32
                     T128 = -(-T // 128) * 128
                     hd_r = -(-hd // (32 if hd <= 128 else 64)) * (32 if hd <= 128 else 64)
@@ -231,6 +235,8 @@ class _Walk(_WalkCore):
                     for t in (q, k, v, out):
                         self.save(t, "attention q, k, v, out")
                     self.save(_T(B * H * T, 4, False), "attention logsumexp")
+                    if mask is not None:
+                        self.save(mask, "attention padding mask")
                 self.record("sdpa", [q, k, v], [out])
                 return self.new_like(out) if q_contiguous else out
             # CPU math path (dropout): computed in fp32 even for 16-bit inputs (ATen upcasts on
@@ -247,6 +253,8 @@ class _Walk(_WalkCore):
         # eager: written out. Under autocast the matmuls run in 16 bits.
         el = 2 if c.amp else q.el
         probs_el = 4 if (c.cuda and c.amp) else el   # CUDA autocast: softmax in fp32
+        if c.amp and c.padding:
+            probs_el = 4    # CPU autocast: the 16-bit scores + the fp32 padding mask promote to fp32
         if family == "llama":
             probs_el = 4                               # softmax(..., dtype=float32)
         if causal and family == "minigpt" and grad:
@@ -328,13 +336,13 @@ class _Walk(_WalkCore):
 
 def sdpa_kernel(c, el: int, p: float) -> str:
     """The CUDA SDPA kernel of rule 5 for inputs of ``el`` bytes: cuda_rules.kernel_for on ctx.card
-    (no card: flash for 16-bit, memory-efficient for fp32)."""
+    (no card: flash for 16-bit without a mask, memory-efficient for fp32 or with padding's mask)."""
     if c.card is None:
-        return "flash" if el == 2 else "efficient"
+        return "flash" if el == 2 and not c.padding else "efficient"
     import torch
     from ..cuda_rules import kernel_for
     dtype = torch.float32 if el == 4 else torch.float16 if "fp16" in c.precision else torch.bfloat16
     try:
-        return kernel_for(c.card, dtype, c.spec.head_dim, has_mask=False, dropout=p)
+        return kernel_for(c.card, dtype, c.spec.head_dim, has_mask=c.padding, dropout=p)
     except ValueError as e:
         raise EstimateError(str(e)) from None

@@ -67,7 +67,8 @@ class Estimate:
                  f"batch={c['batch']}  seq={c['seq']}  attention={c['attention']}  dropout={c['dropout']}  "
                  f"checkpointing={c['checkpointing']}  semantics={c['semantics']}{shard}" +
                  (f"  loss={c['loss_dtype']}" if c.get("loss_dtype") else "") +
-                 (f"  loss_chunk={c['loss_chunk']}" if c.get("loss_chunk") else ""),
+                 (f"  loss_chunk={c['loss_chunk']}" if c.get("loss_chunk") else "") +
+                 ("  padding" if c.get("padding") else ""),
                  f"params={self.n_params:,} (trainable {self.n_trainable:,})",
                  f"units: {unit} (1 {unit} = 2**{20 if unit == 'MiB' else 30} bytes)",
                  f"{'bucket':<{w}}{'at peak':>12}" + "".join(f"{p + ' pk':>14}" for p in cols)]

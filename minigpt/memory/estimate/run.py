@@ -116,6 +116,7 @@ class RunSpec:
     gpu: Any = None
     loss_dtype: Optional[str] = None
     loss_chunk: Optional[int] = None
+    padding: bool = False      # the batch has pad tokens: an attention_mask with zeros goes in
     overrides: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -172,6 +173,9 @@ class RunSpec:
                                             or self.loss_chunk < 1):
             raise EstimateError(f"loss_chunk (--loss-chunk) must be a positive number of tokens per chunk of the "
                                 f"cross-entropy, or None for one loss over all tokens; got {self.loss_chunk!r}.")
+        if not isinstance(self.padding, bool):
+            raise EstimateError(f"padding (--padding) must be True (pad tokens and an attention_mask with zeros) or "
+                                f"False (full rows, as with packing); got {self.padding!r}.")
         card_of(self.gpu, self.precision)
 
     def _validate_adapter_dtype(self) -> None:
@@ -298,7 +302,8 @@ class RunSpec:
         for on, word in ((self.checkpointing, "checkpointing"), (self.gpus > 1, f"{self.gpus} GPUs zero={self.zero}"),
                          (not self.set_to_none, "set_to_none=False"),
                          (self.loss_dtype is not None, f"loss {self.loss_dtype}"),
-                         (self.loss_chunk is not None, f"loss chunks of {self.loss_chunk} tokens")):
+                         (self.loss_chunk is not None, f"loss chunks of {self.loss_chunk} tokens"),
+                         (self.padding, "padded")):
             if on:
                 parts.append(word)
         return " ".join(parts)

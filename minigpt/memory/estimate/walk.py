@@ -71,6 +71,7 @@ class _Ctx:
     adapter_bytes: int = 0  # bytes per adapter element (0: as the weights)
     loss_dtype: Optional[str] = None   # RunSpec.loss_dtype: "fp32", "compute" (None: the family's own)
     loss_chunk: Optional[int] = None   # RunSpec.loss_chunk: tokens per chunk of the cross-entropy
+    padding: bool = False              # RunSpec.padding: an attention_mask with zeros goes in
 
     @property
     def N(self) -> int:

@@ -138,12 +138,6 @@ def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Opti
     _measure_args_check(run, mode)
     if not m.why:          # cheap: the estimator validates the run against the model (and fails before building)
         estimate_run(run, m)
-    if m.config and (run.loss_dtype is not None or run.loss_chunk is not None):
-        raise EstimateError("loss_dtype and loss_chunk are measured on the zoo's models (llama-7b, ...) only; drop "
-                            "--loss-dtype and --loss-chunk for a config.json model.")
-    if m.config and run.padding:
-        raise EstimateError("padding is measured on the zoo's models (llama-7b, roberta-base, ...) only; drop "
-                            "--padding for a config.json model.")
     if m.config:           # any transformers config: hf_models builds it
         return trace(m.src, run, mode, events=events)[0]
     make = _factory(run, m)
@@ -165,13 +159,8 @@ def padded_batch(run: RunSpec, vocab: dict) -> Any:
     if family == "minigpt" or zoo.HF_CONFIGS[key]["kind"] != "llama":
         # RoBERTa/BERT: zoo's own padded batch (its first row padded with the pad token)
         return zoo.make_batch(run.model, run.step_batch, run.seq, pad=pad if family != "minigpt" else 0, **vocab)
-    batch = zoo.make_batch(run.model, run.step_batch, run.seq, **vocab)
-    if pad:
-        mask = batch["input_ids"].new_ones(batch["input_ids"].shape)       # (B, T) int64
-        mask[-1, run.seq - pad:] = 0
-        batch["labels"][-1, run.seq - pad:] = -100
-        batch["attention_mask"] = mask
-    return batch
+    from .hf_models import pad_last_row
+    return pad_last_row(zoo.make_batch(run.model, run.step_batch, run.seq, **vocab), pad)
 
 
 def compare(model: Any = "small", *args: Any, mode: str = "fake", **kwargs: Any) -> tuple[Estimate, Any]:

@@ -259,6 +259,18 @@ def make_batch(cfg, batch_size: int = 1, seq_len: int = 128, seed: int = 0) -> d
     return {"input_ids": ids, "labels": torch.randint(0, cfg.num_labels, (batch_size,), generator=g)}
 
 
+def pad_last_row(batch: dict, pad: int) -> dict:
+    """A causal LM's batch with dynamic padding: an attention_mask (B, T) int64 whose last row ends in
+    ``pad`` zeros, the labels -100 there (the loss skips them); ``pad`` 0 leaves the batch as it is."""
+    if pad:
+        ids = batch["input_ids"]
+        mask = ids.new_ones(ids.shape)                                      # (B, T) int64
+        mask[-1, ids.shape[1] - pad:] = 0
+        batch["labels"][-1, ids.shape[1] - pad:] = -100
+        batch["attention_mask"] = mask
+    return batch
+
+
 class EncoderClassifier(nn.Module):
     """An encoder with no classifier of its own (T5): mean over the sequence of its last hidden states
     (B, S, d) -> (B, d), one Linear ``classifier`` (d -> labels), cross-entropy in fp32."""

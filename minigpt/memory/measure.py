@@ -206,7 +206,8 @@ def set_causal_lm_loss(model: nn.Module, loss_dtype: Optional[str] = None, chunk
     ``loss_function`` hook."""
     if loss_dtype is not None:
         _check_choice("loss_dtype", loss_dtype, ("fp32", "compute"))
-    if not hasattr(model, "loss_function") or "CausalLM" not in type(model).__name__:
+    name = type(model).__name__
+    if not hasattr(model, "loss_function") or not ("CausalLM" in name or name.endswith("LMHeadModel")):
         raise ValueError(f"loss_dtype and loss_chunk apply to transformers causal LMs (their loss_function), not "
                          f"to a {type(model).__name__}; drop them.")
     up = loss_dtype != "compute"

@@ -82,8 +82,8 @@ def test_bad_loss_dtype_is_one_sentence():
         estimate(RunSpec(model="tiny", seq=32, loss_dtype="fp32"))
     with pytest.raises(EstimateError, match="causal-LM heads"):
         estimate(RunSpec(model="roberta-base", seq=32, loss_dtype="fp32", overrides={"num_hidden_layers": 1}))
-    cfg = str(ROOT / "configs" / "mistral-7b.json")
-    with pytest.raises(EstimateError, match="drop --loss-dtype and --loss-chunk for a config.json model"):
+    cfg = str(ROOT / "configs" / "bert-base-uncased.json")   # a config.json classifier (causal LMs take it)
+    with pytest.raises(EstimateError, match="--loss-dtype applies to causal LMs given as a config.json"):
         measure(RunSpec(model=cfg, loss_dtype="compute", overrides={"num_hidden_layers": 1}), mode="fake")
 
 

@@ -118,8 +118,8 @@ def test_padding_refuses_models_it_cannot_model():
         estimate(RunSpec(model="tiny", seq=32, padding=True))
     with pytest.raises(EstimateError, match="a minigpt model takes no attention mask"):
         measure(RunSpec(model="tiny", seq=32, padding=True), mode="fake")
-    cfg = str(ROOT / "configs" / "mistral-7b.json")
-    with pytest.raises(EstimateError, match="drop --padding for a config.json model"):
+    cfg = str(ROOT / "configs" / "bert-base-uncased.json")   # a config.json classifier (causal LMs take it)
+    with pytest.raises(EstimateError, match="--padding applies to causal LMs given as a config.json"):
         estimate(RunSpec(model=cfg, padding=True, overrides={"num_hidden_layers": 1}))
-    with pytest.raises(EstimateError, match="drop --padding for a config.json model"):
+    with pytest.raises(EstimateError, match="--padding applies to causal LMs given as a config.json"):
         measure(RunSpec(model=cfg, padding=True, overrides={"num_hidden_layers": 1}), mode="fake")

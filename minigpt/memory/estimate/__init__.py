@@ -259,9 +259,9 @@ def estimate(model: Union[RunSpec, str, Any] = "small", *args: Any, **kwargs: An
 def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
     """The estimate of ``run`` whose model ``m`` is already resolved (resolve_run_model)."""
     card = run.card()
-    if run.padding and m.config:
-        raise EstimateError("padding is modelled for the zoo's models (llama-7b, roberta-base, bert-large, ...) "
-                            "only; drop --padding for a config.json model.")
+    if m.config:
+        from .traced import check_config_knobs
+        check_config_knobs(m.src, run)
     if m.why:                            # no formula for it: trace the step on fake tensors instead
         from .traced import traced_estimate
         return traced_estimate(m.src, m.why, run, card)
@@ -398,6 +398,9 @@ def _notes(run: RunSpec, states, card, ctx: _Ctx, spec: ModelSpec) -> list[str]:
                      "(B, 1, T, T) copy of the mask in the attention's dtype (and on CUDA a mask rules out flash: "
                      "the memory-efficient kernel runs; its fp32 workspace for a masked 16-bit backward, cuda_rules rule 5, "
                      "is not counted); eager attention saves no more than without it.")
+        if spec.n_kv_head != spec.n_head and run.attention == "sdpa":
+            notes.append(f"padding with grouped K/V heads ({spec.n_kv_head} for {spec.n_head}): with a mask transformers "
+                         "repeats K and V for SDPA (no enable_gqa), and autograd saves the repeated copies.")
     return notes
 
 

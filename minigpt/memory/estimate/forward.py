@@ -77,7 +77,9 @@ def _block_llama(w: _Walk, x: _T, i: int) -> _T:
     r_el = c.wb
     q, k = w.new_like(q, max(q.el, r_el)), w.new_like(k, max(k.el, r_el))
     # (no KV cache: zoo builds LLaMA for training with use_cache=False, as fine-tuning configs do)
-    if s.n_kv_head != s.n_head and c.attention == "eager":      # repeat_kv copies
+    # repeat_kv copies: eager always; SDPA too when a padding mask goes in (transformers passes
+    # enable_gqa to SDPA only without a mask: integrations/sdpa_attention.py use_gqa_in_sdpa)
+    if s.n_kv_head != s.n_head and (c.attention == "eager" or c.padding):
         k, v = w.new_like(k, numel=q.numel), w.new_like(v, numel=q.numel)
     y = w.attention(q, k, v, True, c.attention, "llama")
     y = w.linear(y, a + "o_proj", d, d)

@@ -102,6 +102,17 @@ def measured_model_state(report) -> dict:
             "gradients": grads, "optimizer": report.start["optimizer"]}
 
 
+def check_config_knobs(src, run) -> None:
+    """The loss and padding knobs of a config's model: causal LMs only (one sentence otherwise)."""
+    from .. import hf_models
+    knobs = [f for f, on in (("--padding", run.padding), ("--loss-dtype", run.loss_dtype is not None),
+                             ("--loss-chunk", run.loss_chunk is not None)) if on]
+    if knobs and hf_models.task_of(src.config) != "lm":
+        raise EstimateError(f"{' and '.join(knobs)} {'applies' if len(knobs) == 1 else 'apply'} to causal LMs given as a config.json, and {src.name} is a "
+                            f"{src.config.model_type} classifier; drop {' and '.join(knobs)} (the zoo's roberta-base "
+                            f"and bert-large take --padding).")
+
+
 def trace(src, run, mode: str = "fake", gpu: Any = None, events: Optional[list] = None):
     """(MemoryReport of one step of ``src``'s model as ``run`` (a RunSpec) describes it, the builder's
     info); ``gpu``: the card whose SDPA kernel the CUDA rules pick (cuda_rules.on_card). Bad
@@ -116,14 +127,16 @@ def trace(src, run, mode: str = "fake", gpu: Any = None, events: Optional[list] 
                             f"(or a config with rope_scaling).")
     width = max(getattr(src.config, "vocab_size", 0) or 0, getattr(src.config, "hidden_size", 0) or 0)
     check_int64(4 * batch * seq * width, run.batch, seq)      # one fp32 (batch, seq, width) tensor
+    check_config_knobs(src, run)
     make, info = adapted_factory(src, run)
-    data = hf_models.make_batch(src.config, batch, seq)
+    data = hf_models.pad_last_row(hf_models.make_batch(src.config, batch, seq), max(1, seq // 4) if run.padding else 0)
     try:
         with cuda_rules.on_card(gpu):
             rep = measure_step(make, data, optimizer=run.optimizer, precision=run.precision,
                                checkpointing=run.checkpointing, mode=mode, semantics=run.semantics,
                                accumulation=run.accumulation, set_to_none=run.set_to_none, events=events,
-                               optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None)
+                               optimizer_impl=run.optimizer_impl, keep_adapters=run.adapter_dtype is not None,
+                               loss_dtype=run.loss_dtype, loss_chunk=run.loss_chunk)
     except (_BuildError, hf_models.ConfigError) as e:
         raise EstimateError(str(e)) from None
     return rep, info

@@ -323,12 +323,19 @@ def apply_lora(model: nn.Module, r: int, alpha: float, dropout: float = 0.0,
         for p, flag in flags:
             p.requires_grad_(flag)
         raise
-    model.requires_grad_(False)
+    train_only(model, trainable)          # the adapters, not attached yet, keep training
     for name, wrapper in zip(chosen, wrappers):
         parent_name, _, child = name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, wrapper)
+    return model
+
+
+def train_only(model: nn.Module, modules: Sequence[str]) -> nn.Module:
+    """Freeze ``model`` but the modules named ``modules`` (peft's rule: equal, or ending in '.' + name).
+    A head-only run (a linear probe) is ``train_only(model, ("classifier",))``."""
+    model.requires_grad_(False)
     for name, module in model.named_modules():
-        if any(_matches(name, k) for k in trainable):
+        if any(_matches(name, k) for k in modules):
             module.requires_grad_(True)
     return model
 
@@ -430,7 +437,7 @@ def lora_parameter_count(spec, r: int, targets: Targets = ("q_proj", "v_proj"),
     return total
 
 
-__all__ = ["LoRALinear", "apply_lora", "lora_layers", "merge_lora", "unmerge_lora", "trainable_parameters",
+__all__ = ["LoRALinear", "apply_lora", "train_only", "lora_layers", "merge_lora", "unmerge_lora", "trainable_parameters",
            "lora_parameter_count", "lora_linear_shapes", "select_targets", "n_lora_table", "ALL_LINEAR"]
 
 

@@ -63,7 +63,7 @@ def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
                             f"give model= a name (with overrides) or a config.json, or call measure_step yourself.")
     import torch
     from . import zoo
-    from ..lora import apply_lora
+    from ..lora import apply_lora, train_only
     from ..nf4 import quantize_model   # imported here: its tables cannot be built inside FakeTensorMode
     name = run.model
     overrides = {**dropout_overrides(name, run.dropout), **run.overrides}
@@ -83,9 +83,7 @@ def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
             apply_lora(model, run.rank, run.alpha, dropout=run.lora_dropout, targets=tg, trainable=trainable,
                        adapter_dtype=run.adapter_torch_dtype())
         if method == "head":           # a linear probe: every weight frozen but the head's
-            model.requires_grad_(False)
-            for mod in heads:
-                model.get_submodule(mod).requires_grad_(True)
+            train_only(model, heads)
         return model
     make.__name__ = f"build_{name}_{method}"
     return make

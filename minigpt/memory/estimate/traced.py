@@ -52,7 +52,7 @@ def adapted_factory(src, run, seed: int = 0) -> tuple[Callable, dict]:
     resolved targets)."""
     import torch
     from .. import hf_models
-    from ...lora import _is_linear, apply_lora
+    from ...lora import _is_linear, apply_lora, train_only
     from ...nf4 import quantize_model
     from ...precision import compute_dtype
     info: dict = {"targets": None, "conv1d": 0}
@@ -72,11 +72,7 @@ def adapted_factory(src, run, seed: int = 0) -> tuple[Callable, dict]:
             if not heads:
                 raise _BuildError(f"method='head' trains only a classification head, and {src.name} has none "
                                   f"(no module named {' or '.join(HEADS)}); use method='full', 'lora' or 'qlora'.")
-            model.requires_grad_(False)
-            for n, mod in model.named_modules():
-                if n.split(".")[-1] in heads:
-                    mod.requires_grad_(True)
-            return model
+            return train_only(model, heads)
         if method == "qlora":
             quantize_model(model, skip=("lm_head", *out_names, *heads), double_quant=run.double_quant,
                            compute_dtype=compute)

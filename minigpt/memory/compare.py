@@ -67,7 +67,7 @@ def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
     from ..nf4 import quantize_model   # imported here: its tables cannot be built inside FakeTensorMode
     name = run.model
     overrides = {**dropout_overrides(name, run.dropout), **run.overrides}
-    tg = resolve_targets(m.spec, run.targets) if run.method in ("lora", "qlora") else ()
+    tg = resolve_targets(m.spec, run.targets) if run.method in ADAPTER_METHODS else ()
     trainable = ("classifier",) if m.spec.task == "cls" else ()
     heads = head_plan(m.spec) if run.method == "head" else ()
     compute = compute_dtype(run.precision)
@@ -79,7 +79,7 @@ def _factory(run: RunSpec, m: ResolvedModel, seed: int = 0) -> Callable:
         if method == "qlora":
             quantize_model(model, skip=("lm_head", "classifier"), double_quant=run.double_quant,
                            compute_dtype=compute)
-        if method in ("lora", "qlora"):
+        if method in ADAPTER_METHODS:
             apply_lora(model, run.rank, run.alpha, dropout=run.lora_dropout, targets=tg, trainable=trainable,
                        adapter_dtype=run.adapter_torch_dtype())
         if method == "head":           # a linear probe: every weight frozen but the head's
@@ -181,7 +181,7 @@ def compare_table(est: Estimate, rep, unit: str = "auto") -> str:
     c = est.config
     w = 20
     lines = [f"compare: {c['model']} {c['method']}" +
-             (f" r={c['rank']} targets={c['targets']}" if c["method"] in ("lora", "qlora") else "") +
+             (f" r={c['rank']} targets={c['targets']}" if c["method"] in ADAPTER_METHODS else "") +
              f" {c['precision']} batch={c['batch']} seq={c['seq']} checkpointing={c['checkpointing']}"
              f" optimizer={c['optimizer']} attention={c['attention']}",
              f"estimate: {est.label}",
@@ -252,7 +252,7 @@ def accuracy_grid(models: Sequence[tuple[str, dict]] = DEFAULT_GRID_MODELS,
                     for ck in checkpointing:
                         run = RunSpec(model=name, method=method, rank=rank, targets=targets, precision=prec,
                                       batch=batch, seq=seq, checkpointing=ck, semantics=semantics, overrides=over,
-                                      lora_dropout=lora_dropout if method in ("lora", "qlora") else 0.0)
+                                      lora_dropout=lora_dropout if method in ADAPTER_METHODS else 0.0)
                         t0 = time.perf_counter()
                         est, rep = compare(run, mode=mode)
                         ms = measured_model_state(rep)

@@ -259,12 +259,12 @@ def estimate(model: Union[RunSpec, str, Any] = "small", *args: Any, **kwargs: An
 def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
     """The estimate of ``run`` whose model ``m`` is already resolved (resolve_run_model)."""
     card = run.card()
+    if m.why:                            # no formula for it: trace the step on fake tensors instead
+        from .traced import traced_estimate
+        return traced_estimate(m.src, m.why, run, card)     # (its trace checks the config's knobs)
     if m.config:
         from .traced import check_config_knobs
         check_config_knobs(m.src, run)
-    if m.why:                            # no formula for it: trace the step on fake tensors instead
-        from .traced import traced_estimate
-        return traced_estimate(m.src, m.why, run, card)
     spec, src, name = m.spec, m.src, m.name
     method, precision, optimizer, rank = run.method, run.precision, run.optimizer, run.rank
     semantics, gpus, zero, sharding, batch, seq = run.semantics, run.gpus, run.zero, run.sharding, run.batch, run.seq

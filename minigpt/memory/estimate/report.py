@@ -2,7 +2,7 @@
 from __future__ import annotations
 from dataclasses import dataclass, field
 from ..buckets import BUCKETS, GiB, MiB, MODEL_STATE_BUCKETS, fmt_bytes
-from .spec import EstimateError
+from .spec import ADAPTER_METHODS, EstimateError
 
 
 LABEL = "estimated (closed form from the shapes; nothing was run or measured)"
@@ -62,7 +62,7 @@ class Estimate:
         lines = [self.label,
                  f"model={c['model']}  method={c['method']}" +
                  (f" (r={c['rank']}, targets={c['targets']}{', double-quant' if c['double_quant'] else ''})"
-                  if c["method"] in ("lora", "qlora") else "") +
+                  if c["method"] in ADAPTER_METHODS else "") +
                  f"  precision={c['precision']}  optimizer={c['optimizer']}",
                  f"batch={c['batch']}  seq={c['seq']}  attention={c['attention']}  dropout={c['dropout']}  "
                  f"checkpointing={c['checkpointing']}  semantics={c['semantics']}{shard}" +

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Optional, Callable
 
 from .report import Estimate
-from .spec import EstimateError
+from .spec import ADAPTER_METHODS, EstimateError
 
 SHORTHAND = {
     "q": ("q_proj", "query", "q_lin", "q", "qkv_proj", "query_key_value", "c_attn", "Wqkv"),
@@ -161,7 +161,7 @@ def traced_estimate(src, why: str, run, gpu: Any = None) -> Estimate:
     cfg = src.config
     drop = [v for k, v in cfg.to_dict().items() if ("dropout" in k or "pdrop" in k)
             and isinstance(v, (int, float)) and not isinstance(v, bool)]
-    lora = method in ("lora", "qlora")
+    lora = method in ADAPTER_METHODS
     config = dict(model=src.name, method=method, rank=run.rank if lora else None, alpha=run.alpha if lora else None,
                   targets=info["targets"] if lora else None, double_quant=bool(run.double_quant), precision=precision,
                   optimizer=optimizer, attention=run.attention, dropout=max(drop, default=0.0),

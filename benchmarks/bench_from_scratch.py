@@ -108,14 +108,20 @@ def _old_dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
     return _scale_blocks_(levels, q.scales(), q.blocksize).view(q.shape)
 
 
-def bench_nf4(repeats: int, rounds: int) -> dict:
+def nf4_inputs():
+    """(bitsandbytes.functional, the 4096 x 4096 weight, its bitsandbytes packing and state, our NF4Tensor),
+    the packings checked to be the same bytes."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # a note about an optional CPU kernel
     import bitsandbytes.functional as bnbF
-
     w = torch.randn(4096, 4096) * 0.02
     packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4")
     q = quantize_nf4(w)
     assert torch.equal(q.packed, packed.view(-1)) and torch.equal(q.absmax, state.absmax)
+    return bnbF, w, packed, state, q
+
+
+def bench_nf4(repeats: int, rounds: int) -> dict:
+    bnbF, w, packed, state, q = nf4_inputs()
     # an even last dimension and blocksize < 2048: bitsandbytes runs its native C++ kernel
     # (cdequantize_blockwise_cpu_nf4_fp32), not its torch.compile'd fallback; we never compile
     assert w.shape[-1] % 2 == 0 and state.blocksize < 2048
@@ -170,11 +176,7 @@ def bench_nf4(repeats: int, rounds: int) -> dict:
 
 def dequantize_race(repeats: int, rounds: int) -> dict:
     """The dequantisation race alone, at the current thread count: seconds and speed vs bitsandbytes."""
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    import bitsandbytes.functional as bnbF
-    w = torch.randn(4096, 4096) * 0.02
-    packed, state = bnbF.quantize_4bit(w, blocksize=64, quant_type="nf4")
-    q = quantize_nf4(w)
+    bnbF, _, packed, state, q = nf4_inputs()
     theirs = lambda: bnbF.dequantize_4bit(packed, state)  # noqa: E731
     assert torch.equal(dequantize_nf4(q), theirs())
     per_round = rounds_of([lambda: dequantize_nf4(q), theirs], repeats, rounds)

@@ -36,7 +36,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_minilm import machine, versions  # noqa: E402
+from bench_minilm import timed_run  # noqa: E402
 
 from course import puzzle  # noqa: E402
 from minigpt.classify import accuracy, train_classifier  # noqa: E402
@@ -185,12 +185,7 @@ def main() -> None:
         raise SystemExit(f"--lr: methods are {', '.join(GRID_METHODS)}, got {args.lr}.")
     if any(s < 1 for s in args.scales):
         raise SystemExit(f"--scales must be positive integers, got {args.scales}.")
-    started = datetime.datetime.now(datetime.timezone.utc)
-    results = {"command": " ".join(["python", *sys.argv]), "date_utc": started.isoformat(timespec="seconds"),
-               "machine": machine(), "versions": versions()}
-    run(args, results)
-    results["total_seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
-    results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results = timed_run(run, args)
     write(results, args.out)
     print(f"-> {args.out.with_suffix('.json')} ({results['total_seconds']:.0f} s)")
 

@@ -75,6 +75,19 @@ def versions() -> dict:
     return out
 
 
+def timed_run(run, args) -> dict:
+    """The results envelope every training benchmark writes: the command, the start date, the machine and
+    the versions, then ``run(args, results)`` (which fills in the measurements), its wall time and the
+    load at the end."""
+    started = datetime.datetime.now(datetime.timezone.utc)
+    results = {"command": " ".join(["python", *sys.argv]), "date_utc": started.isoformat(timespec="seconds"),
+               "machine": machine(), "versions": versions()}
+    run(args, results)
+    results["total_seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
+    results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    return results
+
+
 def build(method: str, seed: int) -> torch.nn.Module:
     """The model of ``method``; a peft/bitsandbytes twin gets the A and B of its minigpt run."""
     set_seed(seed)
@@ -230,12 +243,7 @@ def main() -> None:
         write(results, args.out)
         print(table(results))
         return
-    started = datetime.datetime.now(datetime.timezone.utc)
-    results = {"command": " ".join(["python", *sys.argv]), "date_utc": started.isoformat(timespec="seconds"),
-               "machine": machine(), "versions": versions()}
-    run(args, results)
-    results["total_seconds"] = (datetime.datetime.now(datetime.timezone.utc) - started).total_seconds()
-    results["machine"]["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results = timed_run(run, args)
     results["targets"] = targets(results)
     write(results, args.out)
     print(table(results))

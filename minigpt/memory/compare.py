@@ -183,7 +183,10 @@ def compare_table(est: Estimate, rep, unit: str = "auto") -> str:
     lines = [f"compare: {c['model']} {c['method']}" +
              (f" r={c['rank']} targets={c['targets']}" if c["method"] in ADAPTER_METHODS else "") +
              f" {c['precision']} batch={c['batch']} seq={c['seq']} checkpointing={c['checkpointing']}"
-             f" optimizer={c['optimizer']} attention={c['attention']}",
+             f" optimizer={c['optimizer']} attention={c['attention']}" +
+             (" padded" if c.get("padding") else "") +
+             (f" loss={c['loss_dtype']}" if c.get("loss_dtype") else "") +
+             (f" loss-chunk={c['loss_chunk']}" if c.get("loss_chunk") else ""),
              f"estimate: {est.label}",
              f"measured: {rep.label}",
              f"units: {unit} (1 {unit} = 2**{20 if unit == 'MiB' else 30} bytes)",

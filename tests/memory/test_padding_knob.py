@@ -13,7 +13,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from minigpt.memory.compare import measure, measured_model_state  # noqa: E402
+from minigpt.memory.compare import compare_table, measure, measured_model_state  # noqa: E402
 from minigpt.memory.estimate import EstimateError, RunSpec, estimate  # noqa: E402
 from minigpt.paths import ROOT  # noqa: E402
 
@@ -106,6 +106,16 @@ def test_padding_from_the_cli_and_json(capsys):
     assert RunSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
     assert "padded" in spec.describe() and "padded" not in spec.replace(padding=False).describe()
 
+
+
+def test_the_compare_header_names_the_batch_and_loss_knobs():
+    # the header is the one line that says which run the two columns are; a padded, chunked run says so
+    est, rep = _agree(_llama(loss_chunk=32))
+    header = compare_table(est, rep).splitlines()[0]
+    assert header.endswith(" padded loss-chunk=32"), header
+    est, rep = _agree(_llama(padding=False, loss_dtype="compute", precision="bf16"))
+    header = compare_table(est, rep).splitlines()[0]
+    assert "padded" not in header and header.endswith(" loss=compute"), header
 
 @pytest.mark.parametrize("bad", ["yes", 1, None])
 def test_bad_padding_is_one_sentence(bad):

@@ -324,8 +324,8 @@ def estimate_run(run: RunSpec, m: ResolvedModel) -> Estimate:
                         extra_copies=gather, fsdp=plan, grads_alive=sharding == "ddp" or run.grads_alive,
                         optimizer_impl=run.optimizer_impl)
     comm = {}
-    # padding: the batch's (B, T) int64 attention_mask, alive all step (a classifier's is counted already)
-    mask_batch = 8 * step_batch * seq if run.padding and spec.task == "lm" else 0
+    # padding: the batch's (B, T) int64 attention_mask, alive all step
+    mask_batch = 8 * step_batch * seq if run.padding else 0
     for ph, (tot, b) in list(peaks.items()):
         if ph != "_where" and mask_batch:
             b["temporaries"] += mask_batch

@@ -119,6 +119,7 @@ class _Forward:
     held_keys: dict = field(default_factory=dict)
     cache_keys: dict = field(default_factory=dict)
     fwd_peak: int = 0           # saved + cache + in flight, at the worst op of the forward pass
+    fwd_peak_parts: tuple = (0, 0)   # (saved, weight copies) at that op
     kept: int = 0               # held by the model output until backward ends, not saved
     recompute_peak: dict = field(default_factory=dict)
 
@@ -284,7 +285,7 @@ def forward_walk(ctx: _Ctx) -> _Forward:
                     logits=logits.nbytes, loss_transient=loss_transient, residual=N * d * r_el,
                     dequant=w.dequant, ops=w.ops, terms=dict(w.terms), log=w.log,
                     ckpt_inputs=ckpt_inputs, ckpt_sids=ckpt_sids, cache_block=dict(w.cache_block), held_keys=dict(w.held),
-                    cache_keys=dict(w.cache), fwd_peak=w.fwd_peak,
+                    cache_keys=dict(w.cache), fwd_peak=w.fwd_peak, fwd_peak_parts=w.fwd_peak_parts,
                     recompute_peak=_recompute_peaks(w.recompute_trace),
                     kept=sum({t.sid: t.nbytes for t in w.kept
                               if t.sid not in w.saved and t.sid not in ckpt_sids}.values()))

@@ -47,8 +47,11 @@ class _Walk(_WalkCore):
                 self.hold(wkey, wcopy)
             if w_grad:
                 self.save(xin, "linear inputs")
+            # neither cached nor kept (a frozen weight, an input that needs no grad: a linear
+            # probe's encoder): the casts of W and b live while the op runs, then are freed
+            transient = 0 if (w_grad or x.grad) else wcopy + (2 * fout if bias else 0)
             y = _T(rows * fout, 2, grad_out)
-            self.record("linear", [xin], [y], pg, unpacks=grad_out)
+            self.record("linear", [xin], [y], pg, unpacks=grad_out, cast_copies=transient)
             return y
         if w_grad:
             self.save(x, "linear inputs")
@@ -146,10 +149,12 @@ class _Walk(_WalkCore):
             self.save_bytes(rows * stat, "norm stats")    # mean
             self.save_bytes(rows * stat, "norm stats")    # rstd
         y = _T(x.numel, x.el, grad)
+        # the kernel writes mean and rstd either way: unsaved, they are outputs freed on return
+        stats = [] if grad else [_T(rows, stat, False), _T(rows, stat, False)]
         pg = [self.pgrad(key + ".weight", d), self.pgrad(key + ".bias", d)] if w_grad else []
         if w_grad and not (c.spec.bias or c.spec.is_hf):
             pg = pg[:1]
-        self.record("layernorm", [x], [y], pg, unpacks=grad)
+        self.record("layernorm", [x], [y, *stats], pg, unpacks=grad)
         return y
 
     def rmsnorm_hf(self, x: _T, w_grad: bool, key: str = "") -> _T:

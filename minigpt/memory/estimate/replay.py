@@ -11,9 +11,11 @@ from .forward import _Forward
 
 def batch_bytes(spec: ModelSpec, B: int, T: int) -> int:
     """The batch tensors (int64), alive through the step (the tracker books them as temporaries).
-    MiniGPT: idx, targets; LLaMA: input_ids, labels; BERT/RoBERTa: input_ids, attention_mask, labels."""
+    MiniGPT: idx, targets; LLaMA: input_ids, labels (B, T); BERT/RoBERTa: input_ids (B, T), labels (B,).
+    No attention_mask: without padding the traced batch has none (zoo.make_batch says why); with
+    padding the estimator adds it."""
     if spec.task == "cls":
-        return 8 * (2 * B * T + B)
+        return 8 * (B * T + B)
     return 8 * 2 * B * T
 
 
@@ -167,8 +169,12 @@ def replay_step(fw: _Forward, ctx: _Ctx, states: _States, optimizer: str, grad_s
     if ctx.checkpointing:
         extra = 0   # (the blocks' insides are freed as they go; not modelled)
     if extra > 0:
+        # the worst op comes before the end of forward (the head's copies and activations, say, do
+        # not exist yet): the buckets of that moment, with what is in flight as temporaries
+        saved, copies = fw.fwd_peak_parts
         peak_fwd = dict(end)
-        peak_fwd["temporaries"] += extra
+        peak_fwd["activations"], peak_fwd["weight_copies"] = saved, end["weight_copies"] - fw.copies_end_forward + copies
+        peak_fwd["temporaries"] = static["temporaries"] + fw.fwd_peak - saved - copies
         live.peaks["forward"] = (sum(peak_fwd.values()), peak_fwd)
 
     # ---------------- backward

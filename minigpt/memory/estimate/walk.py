@@ -141,6 +141,7 @@ class _WalkCore:
         self._keep: Optional[list] = None      # intermediates a C++ function keeps until it returns
         self.kept: list[_T] = []               # tensors the model's output holds until backward ends
         self.fwd_peak = 0
+        self.fwd_peak_parts = (0, 0)           # (saved, weight copies) at that op: the peak's buckets
         self.recompute_trace: dict[int, list] = {}   # per block: (saved + in flight, op saves?)
         self.block_start = 0
         self.block_held = 0
@@ -179,7 +180,7 @@ class _WalkCore:
 
     def record(self, name: str, ins: Sequence[_T], outs: Sequence[_T], pgrads=(), work: int = 0,
                passthrough: bool = False, fwd_work: int = 0, alive: Sequence[_T] = (),
-               unpacks: bool = False, work_before: int = 0) -> None:
+               unpacks: bool = False, work_before: int = 0, cast_copies: int = 0) -> None:
         op = _Op(name, [x for x in ins if x.grad], list(outs), self._pending, list(pgrads), work,
                  self.block, passthrough, bool(self._pending) or unpacks, work_before)
         self._pending = []
@@ -188,14 +189,18 @@ class _WalkCore:
         # forward peak: what is saved so far, the autocast cache, and the tensors in flight
         # (this op's inputs and outputs, the residual stream, the embedding output transformers
         # keeps in a local variable) unless they are saved already
-        # (a kernel's workspace, e.g. an NF4 decode, is gone before its output is written)
+        # (a kernel's workspace, e.g. an NF4 decode, is gone before its output is written), and
+        # weight casts this op alone uses (``cast_copies``: autocast's copy of a frozen weight that
+        # nothing saves, freed when the op returns)
         def in_flight(tensors) -> int:
             seen = {t.sid: t.nbytes for t in tensors if t.sid not in self.saved}
             new = {t.sid: t.nbytes for t in outs if t.sid not in self.saved and t.sid not in seen}
             return sum(seen.values()) + max(fwd_work, sum(new.values()))
-        now = self.total() + sum(self.cache.values()) + in_flight((*ins, *alive, *self.anchors, *self.kept)) + \
-            sum(b for k, b in self.held.items() if k not in self.cache)
-        self.fwd_peak = max(self.fwd_peak, now)
+        copies = sum(self.cache.values()) + sum(b for k, b in self.held.items() if k not in self.cache) + \
+            cast_copies
+        now = self.total() + copies + in_flight((*ins, *alive, *self.anchors, *self.kept))
+        if now > self.fwd_peak:
+            self.fwd_peak, self.fwd_peak_parts = now, (self.total(), copies)
         if self.block >= 0:   # the same inside the block alone: what recomputing it holds
             # (a module's argument, e.g. a norm's output, is referenced during the recomputation
             # as in the forward pass: the module holds it until it returns)
@@ -207,7 +212,7 @@ class _WalkCore:
             own_input = self.saved.get(self.block_input, 0) if self.block_input_saved_in_block() else 0
             base = (self.total() - self.block_start - own_input) + \
                 self.cache_block.get(self.block, 0) + held_blk
-            blk = base + in_flight(inner)
+            blk = base + cast_copies + in_flight(inner)
             # torch.utils.checkpoint stops recomputing at the pack of the last saved tensor. An
             # ATen op saves its inputs before its kernel runs (VariableType: SavedVariable of the
             # inputs, then the call): if the block's last saving op saves inputs only, the

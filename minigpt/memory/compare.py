@@ -149,11 +149,12 @@ def measure_run(run: RunSpec, m: ResolvedModel, mode: str = "fake", events: Opti
 
 
 def padded_batch(run: RunSpec, vocab: dict) -> Any:
-    """zoo.make_batch's batch for ``run``; with ``run.padding`` an attention_mask (B, T) int64 whose last
-    row ends in seq // 4 zeros (at least one) goes in, as dynamic padding gives (labels -100 there)."""
+    """zoo.make_batch's batch for ``run``; with ``run.padding`` an attention_mask (B, T) int64 goes in
+    whose padded row (LLaMA: the last, labels -100 there; RoBERTa/BERT: the first) ends in
+    ``run.pad_tokens`` zeros, as dynamic padding gives."""
     from . import zoo
     family, key = zoo._resolve(run.model)
-    pad = max(1, run.seq // 4) if run.padding else 0
+    pad = run.pad_tokens
     if family == "minigpt" or zoo.HF_CONFIGS[key]["kind"] != "llama":
         # RoBERTa/BERT: zoo's own padded batch (its first row padded with the pad token)
         return zoo.make_batch(run.model, run.step_batch, run.seq, pad=pad if family != "minigpt" else 0, **vocab)

@@ -203,6 +203,12 @@ class RunSpec:
         return accumulation_steps(self.batch, self.micro_batch)[0]
 
     @property
+    def pad_tokens(self) -> int:
+        """Pad tokens at the end of the padded row of a measured or traced batch: seq // 4 (at least
+        one) with padding, 0 without."""
+        return max(1, self.seq // 4) if self.padding else 0
+
+    @property
     def accumulation(self) -> int:
         """Micro-batches per optimizer step."""
         return accumulation_steps(self.batch, self.micro_batch)[1]

@@ -125,7 +125,7 @@ def trace(src, run, mode: str = "fake", gpu: Any = None, events: Optional[list] 
     check_int64(4 * batch * seq * width, run.batch, seq)      # one fp32 (batch, seq, width) tensor
     check_config_knobs(src, run)
     make, info = adapted_factory(src, run)
-    data = hf_models.pad_last_row(hf_models.make_batch(src.config, batch, seq), max(1, seq // 4) if run.padding else 0)
+    data = hf_models.pad_last_row(hf_models.make_batch(src.config, batch, seq), run.pad_tokens)
     try:
         with cuda_rules.on_card(gpu):
             rep = measure_step(make, data, optimizer=run.optimizer, precision=run.precision,
